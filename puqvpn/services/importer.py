@@ -144,6 +144,7 @@ def _interface_key(iface, key, name, value, where, problems, notes):
             keys.decode_key(value)
             iface["private_key"] = value
         except ValueError as e:
+            iface["_seen_private_key"] = True
             problems.append(f"{where}: PrivateKey: {e}")
     elif key == "listenport":
         if value.isdigit() and 1 <= int(value) <= 65535:
@@ -216,7 +217,7 @@ def _peer_key(peer, key, name, value, where, problems, notes):
 def _finish(iface, peers, source, problems, notes):
     where = iface["_where"]
     for required, label in (("private_key", "PrivateKey"), ("listen_port", "ListenPort")):
-        if required not in iface:
+        if required not in iface and f"_seen_{required}" not in iface:
             problems.append(f"{where}: [Interface] has no {label}"
                             + (" (the panel needs a fixed port)" if required == "listen_port" else ""))
     v4 = [a for a in iface["address"] if a.version == 4]
