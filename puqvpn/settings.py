@@ -122,3 +122,17 @@ def load(config_file=None, environ=None, **overrides):
             settings[name] = value.replace("{INSTANCE_DIR}", settings["INSTANCE_DIR"])
     settings["CONFIG_FILE"] = config_file
     return settings
+
+
+def markdown_table():
+    """The README's settings table: python -m puqvpn.settings"""
+    lines = ["| Environment variable | Default | Meaning |", "| --- | --- | --- |"]
+    for name, (default, description) in SETTINGS.items():
+        shown = default.replace(str(ROOT), "<checkout>") if default else ""
+        lines.append(f"| `PUQVPN_{name}` | `{shown}` | {description} |" if shown
+                     else f"| `PUQVPN_{name}` | | {description} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -1,0 +1,1 @@
+"""The service layer: configs, keys, certificates and the live system. No Flask here."""

@@ -1,0 +1,1 @@
+"""Blueprints, one per concern. Routes stay thin: the service layer does the work."""

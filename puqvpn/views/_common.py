@@ -1,0 +1,60 @@
+"""What the views share: settings, the live-apply call, form errors, and htmx-aware rendering."""
+
+import time
+
+from flask import current_app, flash, render_template, request
+
+from ..db import get_db
+from ..services.system import Context
+
+
+def settings():
+    return current_app.config["PUQVPN"]
+
+
+def context():
+    return Context(get_db(), settings())
+
+
+def apply_live(action, *args):
+    """Push a committed change to the live system; a failure is shown, never silent.
+
+    The change stays in the database and the interface is marked pending
+    (see docs/architecture.md), so reconcile can finish it.  Returns True on success.
+    """
+    if not settings().bool("SYSTEM_APPLY"):
+        return True
+    from ..services import apply
+    try:
+        getattr(apply, action)(context(), *args)
+    except apply.ApplyError as error:
+        flash(f"Saved, but not yet live: {error}. The change is pending and will be retried.", "error")
+        return False
+    return True
+
+
+def render(template, status=200, **values):
+    """Render a page; htmx requests (not boosted) get the same template without the layout."""
+    partial = bool(request.headers.get("HX-Request")) and not request.headers.get("HX-Boosted")
+    values.setdefault("layout", "partial.html" if partial else "layout.html")
+    return render_template(template, **values), status
+
+
+def form_data(*names):
+    """The posted form as a dict; checkboxes missing from the form count as off."""
+    return {name: request.form.get(name, "") for name in names}
+
+
+def now():
+    return int(time.time())
+
+
+def init_app(app):
+    @app.context_processor
+    def pending_changes():
+        """Interfaces whose last live apply failed: every page shows them with a Retry button."""
+        from flask_login import current_user
+        if not current_user.is_authenticated:
+            return {"pending": []}
+        return {"pending": list(get_db().query(
+            "SELECT id, name, apply_error FROM interfaces WHERE apply_error IS NOT NULL"))}
