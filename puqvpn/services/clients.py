@@ -128,7 +128,7 @@ def _clean(db, interface, data, current=None):
         "up_mbit": check.field("up_mbit", validation.mbit, merged.get("up_mbit")),
         "expires_at": check.field("expires_at", validation.date, merged.get("expires_at")),
         "quota_gb": check.field("quota_gb", validation.gigabytes, merged.get("quota_gb")),
-        "quota_reset_day": check.field("quota_reset_day", validation.integer, merged.get("quota_reset_day"),
+        "quota_reset_day": check.field("quota_reset_day", validation.integer, merged.get("quota_reset_day") or "1",
                                        1, 28, "the reset day"),
         "note": check.field("note", validation.note, merged.get("note")),
     }
