@@ -8,11 +8,11 @@ from importlib import import_module
 
 # (service module, function returning {"state", "detail"}), shown in this order.
 SOURCES = (
-    ("WireGuard", "wireguard", "status_panel"),
-    ("Firewall", "firewall", "status_panel"),
-    ("IKEv2 (strongSwan)", "strongswan", "status_panel"),
-    ("Background jobs", "jobs", "status_panel"),
-    ("DNS resolver", "resolver", "status_panel"),
+    ("WireGuard", "puqvpn.services.wireguard", "status_panel"),
+    ("Firewall", "puqvpn.services.firewall", "status_panel"),
+    ("IKEv2 (strongSwan)", "puqvpn.services.strongswan", "status_panel"),
+    ("Background jobs", "puqvpn.jobs", "status_panel"),
+    ("DNS resolver", "puqvpn.services.resolver", "status_panel"),
 )
 
 
@@ -20,7 +20,7 @@ def collect(ctx):
     panels = []
     for title, module_name, function in SOURCES:
         try:
-            module = import_module(f"puqvpn.services.{module_name}")
+            module = import_module(module_name)
         except ModuleNotFoundError:
             continue
         report = getattr(module, function, None)
