@@ -130,9 +130,29 @@ def fail_validation(error):
 
 # ---------------------------------------------------------------------- users
 
+@cli.command("migrate")
+@pass_env
+def migrate_command(env):
+    """Create the database or upgrade it to the latest schema (the installer runs this)."""
+    from . import migrations
+    from .db import connect
+    db = connect(env.settings["DATABASE"], migrate=False)
+    try:
+        before = migrations.current_version(db.conn)
+        applied = migrations.migrate(db.conn)
+        after = migrations.current_version(db.conn)
+    finally:
+        db.conn.close()
+    if applied:
+        click.echo(f"Database {env.settings['DATABASE']} upgraded from schema {before} to {after}.")
+    else:
+        click.echo(f"Database {env.settings['DATABASE']} is at the latest schema ({after}).")
+
+
 @cli.command("create-admin")
 @click.argument("username")
-@click.option("--password", help="Use this password instead of a generated one.")
+@click.option("--password", envvar="PUQVPN_ADMIN_PASSWORD",
+              help="Use this password instead of a generated one (or set PUQVPN_ADMIN_PASSWORD).")
 @click.option("--role", type=click.Choice(["admin", "operator", "viewer"]), default="admin", show_default=True)
 @click.option("--if-no-users", is_flag=True,
               help="Do nothing if any account exists (the installer's re-run).")

@@ -1,10 +1,15 @@
 """Importing an existing wg-quick server: parsing, the database, and a live take-over."""
 
+import contextlib
+import secrets
+import time
+
 import pytest
 
 from puqvpn.db import connect
 from puqvpn.services import importer, keys, wgconfig
 from puqvpn.services.importer import ConfigImportError
+from tests.netns import Netns, requires_root_tools, veth, wait_until
 
 SERVER_PRIVATE, SERVER_PUBLIC = keys.generate_keypair()
 PEERS = [keys.generate_keypair() for _ in range(3)]
@@ -184,3 +189,120 @@ def test_a_refused_import_writes_nothing(db):
         importer.import_parsed(db, parsed, endpoint="vpn.example.com")
     assert (db.execute("SELECT count(*) FROM interfaces").fetchone()[0],
             db.execute("SELECT count(*) FROM clients").fetchone()[0]) == before
+
+
+# ------------------------------------------------------- a live take-over
+
+def live_state(ns, ifname):
+    """Per peer: (latest handshake, rx, tx) as the server's wg reports them."""
+    lines = ns.run(["wg", "show", ifname, "dump"]).stdout.splitlines()[1:]
+    return {f[0]: (int(f[4]), int(f[5]), int(f[6])) for f in (line.split("\t") for line in lines)}
+
+
+def wireguard_go_pid(ns, ifname):
+    for pid in ns.pids():
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        except FileNotFoundError:
+            continue
+        if cmdline[0].endswith(b"wireguard-go") and ifname.encode() in cmdline:
+            return pid
+    return None
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+@requires_root_tools("wg", "wireguard-go", "ip", "nft", "tc")
+def test_a_live_wg_quick_server_comes_under_the_panel_without_a_handshake_reset(tmp_path):
+    from puqvpn import settings as settings_module
+    from puqvpn.services import apply
+    from puqvpn.services.system import Context
+
+    ifname = f"wg{secrets.randbelow(90000) + 10000}"
+    server_private, _ = keys.generate_keypair()
+    peers = [keys.generate_keypair() for _ in range(3)]
+    with contextlib.ExitStack() as stack:
+        srv = stack.enter_context(Netns("pqimp"))
+        cli = [stack.enter_context(Netns("pqimc")) for _ in peers]
+        uplinks = [veth(srv, f"10.210.{n}.1/24", c, f"10.210.{n}.2/24") for n, c in enumerate(cli)]
+
+        conf = tmp_path / f"{ifname}.conf"
+        conf.write_text(f"""\
+[Interface]
+Address = 10.211.0.1/24
+ListenPort = 51777
+PrivateKey = {server_private}
+MTU = 1420
+PostUp = iptables -t nat -A POSTROUTING -o {uplinks[0][0]} -j MASQUERADE
+
+### Client laptop
+[Peer]
+PublicKey = {peers[0][1]}
+PresharedKey = {PSK}
+AllowedIPs = 10.211.0.2/32
+
+### Client phone
+[Peer]
+PublicKey = {peers[1][1]}
+AllowedIPs = 10.211.0.3/32
+
+### Client router
+[Peer]
+PublicKey = {peers[2][1]}
+AllowedIPs = 10.211.0.4/32
+""")
+        # The server as wg-quick brings it up: wireguard-go, `wg setconf` of the
+        # stripped file, the address, link up.  Nothing of it is the panel's.
+        srv.popen(["wireguard-go", "-f", ifname])
+        assert wait_until(lambda: srv.run(["wg", "show", ifname], check=False).returncode == 0)
+        stripped = "\n".join(line for line in conf.read_text().splitlines()
+                             if not line.startswith(("Address", "MTU", "PostUp")))
+        srv.run(["wg", "setconf", ifname, "/dev/stdin"], input=stripped)
+        srv.run(["ip", "address", "add", "10.211.0.1/24", "dev", ifname])
+        srv.run(["ip", "link", "set", ifname, "mtu", "1420", "up"])
+
+        # Three clients, each in its own namespace, each with its own key.
+        for n, (ns, (private, _public)) in enumerate(zip(cli, peers)):
+            client_if = f"wg{secrets.randbelow(90000) + 10000}"
+            ns.popen(["wireguard-go", "-f", client_if])
+            assert wait_until(lambda: ns.run(["wg", "show", client_if], check=False).returncode == 0)
+            ns.run(["wg", "setconf", client_if, "/dev/stdin"], input=(
+                f"[Interface]\nPrivateKey = {private}\n\n[Peer]\nPublicKey = {keys.public_key(server_private)}\n"
+                + (f"PresharedKey = {PSK}\n" if n == 0 else "")
+                + f"Endpoint = 10.210.{n}.1:51777\nAllowedIPs = 10.211.0.0/24\n"))
+            ns.run(["ip", "address", "add", f"10.211.0.{n + 2}/32", "dev", client_if])
+            ns.run(["ip", "link", "set", client_if, "up"])
+            ns.run(["ip", "route", "add", "10.211.0.0/24", "dev", client_if])
+            ns.run(["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.211.0.1"])
+        before = live_state(srv, ifname)
+        assert len(before) == 3 and all(handshake > 0 for handshake, _rx, _tx in before.values())
+        daemon = wireguard_go_pid(srv, ifname)
+        time.sleep(1.1)  # handshake times are whole seconds: a new one must show
+
+        settings = settings_module.load(
+            config_file=str(tmp_path / "none.conf"), environ={}, INSTANCE_DIR=str(tmp_path / "data"),
+            NETNS=srv.name, WG_CONF_DIR=str(tmp_path / "etc-wireguard"), SWANCTL_DIR=str(tmp_path / "swanctl"),
+            NFT_TABLE=f"pq{secrets.token_hex(4)}")
+        db = connect(settings["DATABASE"])
+        stack.callback(db.conn.close)
+        result = importer.import_parsed(db, importer.parse_file(conf), endpoint="vpn.example.com")
+        assert [c["name"] for c in result["clients"]] == ["laptop", "phone", "router"]
+        report = apply.interface_changed(Context(db, settings), result["interface"]["id"])
+
+        # The panel found nothing of WireGuard's to change: same daemon, same
+        # sessions (no new handshake), counters running on from where they were.
+        # (Writing its own wgN.conf and turning on forwarding are all it did.)
+        touched = [text for backend, text in report.changes
+                   if backend == "wireguard" and not text.endswith(" written") and "sysctl" not in text]
+        assert touched == [], report.lines()
+        assert wireguard_go_pid(srv, ifname) == daemon
+        for n, ns in enumerate(cli):
+            ns.run(["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.211.0.1"])
+        after = live_state(srv, ifname)
+        for public_key, (handshake, rx, tx) in before.items():
+            assert after[public_key][0] == handshake, "a peer had to handshake again"
+            assert after[public_key][1] > rx and after[public_key][2] > tx
+        # It is the panel's now: its own file, its firewall table, no pending mark.
+        assert f"PublicKey = {peers[2][1]}" in (tmp_path / "etc-wireguard" / f"{ifname}.conf").read_text()
+        assert srv.run(["nft", "list", "table", "inet", settings["NFT_TABLE"]]).returncode == 0
+        assert db.execute("SELECT apply_error FROM interfaces").fetchone()[0] is None
