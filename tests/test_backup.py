@@ -287,3 +287,34 @@ def test_run_if_due_follows_the_interval(db, settings):
     settings["BACKUP_INTERVAL_HOURS"] = "0"
     assert backup.run_if_due(db, settings, now=t0 + timedelta(days=9)) is None
     assert len(backup.list_backups(settings)) == 2
+
+
+def test_restore_reconciles_the_live_system_with_the_restored_data(db, settings, tmp_path, monkeypatch):
+    from puqvpn.services import apply
+    populate(db, clients_count=2, hours=1)
+    path = tmp_path / "b.tar.gz"
+    backup.create_backup(db, settings, path)
+    clients.delete(db, clients.get(db, "client1")["id"])
+
+    seen = []
+    monkeypatch.setattr(apply, "reconcile", lambda ctx: seen.append(
+        [c["name"] for c in ctx.db.query("SELECT name FROM clients ORDER BY id")]))
+    result = backup.restore(db, settings, path)
+    assert seen == [["client0", "client1"]]  # once, on the restored rows
+    assert result["apply_error"] is None
+
+
+def test_a_failed_reconcile_keeps_the_restored_data_and_says_why(db, settings, tmp_path, monkeypatch):
+    from puqvpn.services import apply
+    populate(db, clients_count=2, hours=1)
+    path = tmp_path / "b.tar.gz"
+    backup.create_backup(db, settings, path)
+    before = dump(db)
+    clients.delete(db, clients.get(db, "client1")["id"])
+
+    def charon_down(ctx):
+        raise apply.ApplyError([("strongswan", "wg0", "charon is not running")])
+    monkeypatch.setattr(apply, "reconcile", charon_down)
+    result = backup.restore(db, settings, path)
+    assert result["apply_error"] == "wg0: strongswan: charon is not running"
+    assert dump(db)["clients"] == before["clients"]
