@@ -59,14 +59,16 @@ PASSWORD_CHARS = re.compile(r"[A-Za-z0-9!#$%&()*+,\-./:;<=>?@\[\]^_{|}~]+")
 RESERVED_PORTS = {22, 25, 53, 67, 68, 80, 123, 443, 500, 4500, 8443}
 
 
-def _text(value):
+def _text(value, multiline=False):
     if value is None:
         return ""
     if not isinstance(value, str):
         value = str(value)
     if "\x00" in value:
         raise FieldError("must not contain a NUL byte")
-    return value.strip()
+    if not multiline and ("\n" in value or "\r" in value):
+        raise FieldError("must be a single line")
+    return value.strip(" \t")
 
 
 def _pattern(value, pattern, what, allowed):
@@ -128,7 +130,7 @@ def label(value, max_length=64):
 
 
 def note(value):
-    value = _text(value)
+    value = _text(value, multiline=True).strip()
     if len(value) > 2000:
         raise FieldError("use at most 2000 characters")
     return value
