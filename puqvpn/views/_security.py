@@ -31,7 +31,8 @@ def init_app(app):
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Referrer-Policy"] = "no-referrer"
+        # same-origin, not no-referrer: flask-wtf checks the Referer of every POST over HTTPS.
+        response.headers["Referrer-Policy"] = "same-origin"
         response.headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
         if current_app.config["PUQVPN"]["TLS_CERT"] or request.is_secure:
             response.headers["Strict-Transport-Security"] = "max-age=31536000"
