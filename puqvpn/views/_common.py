@@ -2,7 +2,7 @@
 
 import time
 
-from flask import current_app, flash, render_template, request
+from flask import current_app, flash, render_template, request, url_for
 
 from ..db import get_db
 from ..services.system import Context
@@ -49,7 +49,28 @@ def now():
     return int(time.time())
 
 
+# Optional pages in the menu: (endpoint, title, least role); shown when registered.
+NAV = (
+    ("ikev2.index", "IKEv2", "admin", "main"),
+    ("share.index", "Share links", "operator", "system"),
+    ("tokens.index", "API tokens", "admin", "system"),
+    ("resolver.index", "DNS resolver", "admin", "system"),
+    ("backups.index", "Backups", "admin", "system"),
+    ("accounts.index", "Accounts", "admin", "system"),
+    ("audit.index", "Audit log", "admin", "system"),
+)
+
+
 def init_app(app):
+    @app.context_processor
+    def navigation():
+        from flask_login import current_user
+        if not current_user.is_authenticated:
+            return {"extra_nav": []}
+        items = [{"url": url_for(endpoint), "title": title, "group": group} for endpoint, title, role, group in NAV
+                 if endpoint in current_app.view_functions and current_user.can(role)]
+        return {"extra_nav": items}
+
     @app.context_processor
     def pending_changes():
         """Interfaces whose last live apply failed: every page shows them with a Retry button."""
