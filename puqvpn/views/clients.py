@@ -81,7 +81,7 @@ def show(client_id):
     if client["private_key"]:
         config = wgconfig.render_client_config(interface, client)
     return render("clients/detail.html", client=client, interface=interface, config=config,
-                  status=clients.status(client, now(), settings().int("ONLINE_TIMEOUT")))
+                  client_status=clients.status(client, now(), settings().int("ONLINE_TIMEOUT")))
 
 
 @bp.route("/<int:client_id>/edit", methods=["GET", "POST"])
