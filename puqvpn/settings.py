@@ -62,6 +62,21 @@ SETTINGS = {
     "IPSEC_BACKEND": ("auto", "IPsec backend: auto, kernel or libipsec."),
     "IPSEC_DEVICE": ("ipsec0", "libipsec's TUN device, where IKEv2 traffic is shaped."),
     "STRONGSWAN_CONF_DIR": ("/etc/strongswan.d", "Folder for strongSwan's plugin settings."),
+    # clients' DNS resolver (unbound) and connection logging
+    "UNBOUND_CONF": ("/etc/unbound/puqvpn.conf", "The resolver's own unbound config file (not in unbound.conf.d)."),
+    "UNBOUND_RUN_DIR": ("/run/puqvpn-unbound", "Folder for the resolver's pid file and control socket."),
+    "UNBOUND_USER": ("unbound", "User unbound drops to after binding; empty keeps root."),
+    "UNBOUND_BIN": ("unbound", "The unbound daemon."),
+    "UNBOUND_CHECKCONF_BIN": ("unbound-checkconf", "unbound's config checker, run before every reload."),
+    "UNBOUND_CONTROL_BIN": ("unbound-control", "unbound's control tool (reload, status)."),
+    "UNBOUND_TLS_CERT_BUNDLE": ("/etc/ssl/certs/ca-certificates.crt", "CA bundle for DNS over TLS to the forwarders."),
+    "CONNLOG_DATABASE": ("{INSTANCE_DIR}/connlog.sqlite3", "SQLite file holding connection-log entries."),
+    "CONNLOG_RETENTION_DAYS": ("90", "Days connection-log entries are kept before deletion."),
+    "CONNLOG_NFT_TABLE": ("puqvpn_log", "nftables table (family inet) holding the connection-log rules."),
+    "CONNLOG_NFLOG_GROUP": ("7301", "NFLOG group the logging rules send new connections to."),
+    "CONNLOG_PIDFILE": ("/run/puqvpn/connlog.pid", "Pid file of the connection-log listener."),
+    "CONNLOG_SYSLOG": ("1", "1 also writes every connection-log entry to syslog (/dev/log) as puqvpn-conn."),
+    "CONNLOG_KERNEL_LOG": ("0", "1 also logs new connections through the kernel log (dmesg, journal)."),
 }
 
 
