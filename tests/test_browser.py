@@ -63,6 +63,11 @@ def test_an_admin_sets_up_an_interface_and_clients(live_server, page, page_error
     page.click("nav >> text=Clients")
     rows = page.locator("#client-table tbody tr")
     expect(rows).to_have_count(2)
+    # Sorting swaps the table too, and the search that follows keeps the order.
+    page.click("#client-table thead >> text=Address")
+    page.click("#client-table thead >> text=Address")
+    expect(page.locator("#client-table thead")).to_contain_text("Address ▼")
+    expect(rows.first).to_contain_text("bob")
     page.evaluate("window.stillTheSamePage = true")
     page.locator("#client-search").press_sequentially("ali", delay=50)
     expect(page.locator("#client-table tbody")).not_to_contain_text("bob")
@@ -71,6 +76,7 @@ def test_an_admin_sets_up_an_interface_and_clients(live_server, page, page_error
     expect(rows.first).to_contain_text("10.8.0.2")
     assert page.evaluate("window.stillTheSamePage") is True, "the search reloaded the whole page"
     assert "q=ali" in page.url, "the search is not in the address bar, so it cannot be bookmarked"
+    assert "sort=ip" in page.url and "order=desc" in page.url
     snap(page, "05-client-search")
 
     # alice's page: the QR code loads as an SVG of real size.
