@@ -266,7 +266,7 @@ def test_traffic_by_hour_day_and_month_and_roll_up(db, setup):
         accounting.traffic(db, alice["id"], datetime.date(2020, 1, 1), datetime.date(2026, 1, 1), "hour")
 
     # Hourly buckets older than the retention go; the days keep every byte.
-    assert accounting.roll_up(ctx, now=moments[-1]) == 2        # 2026-10-30T23 and 2026-11-01T01
+    assert accounting.rollup(ctx, now=moments[-1]) == 2        # 2026-10-30T23 and 2026-11-01T01
     after = accounting.traffic(db, alice["id"], datetime.date(2026, 10, 1), datetime.date(2026, 12, 31), "month")
     assert after == by_month
 

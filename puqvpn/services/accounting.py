@@ -17,8 +17,11 @@ zeroed.  The table is in the database, so a panel restart between polls
 neither loses nor repeats anything.
 
 Every delta goes to the hourly and to the daily bucket in the same
-transaction, so the daily table is always complete; ``roll_up()`` then only
+transaction, so the daily table is always complete; ``rollup()`` then only
 deletes hourly buckets older than HOURLY_RETENTION_DAYS.
+
+The background jobs call poll(ctx) every POLL_INTERVAL, check_limits(ctx)
+(also run at the end of each poll, so a quota bites at once) and rollup(ctx).
 
 Quota sizes are decimal: 1 GB = 10**9 bytes, rx + tx both count.
 """
@@ -205,7 +208,7 @@ def _roll_periods(conn, today):
 
 
 def poll(ctx, now=None):
-    """Read every counter once and record it; then enforce quotas and expiry and roll up old buckets.
+    """Read every counter once and record it, then enforce quotas and expiry at once.
 
     Returns {'clients': how many moved bytes, 'suspended': [...], 'resumed': [...]}.
     Does nothing with SYSTEM_APPLY=0 (there is no live system to read).
@@ -217,7 +220,6 @@ def poll(ctx, now=None):
     ike = ikev2_samples(ctx, now)
     deltas = record(ctx, samples + (ike or []), zeroed, ike_complete=ike is not None, now=now)
     changes = check_limits(ctx, now=now)
-    roll_up(ctx, now=now)
     return {"clients": len(deltas), **changes}
 
 
@@ -282,16 +284,22 @@ def _apply_client(ctx, client_id):
 
 # -- retention ----------------------------------------------------------------------------
 
-def roll_up(ctx, now=None):
+def rollup(ctx, now=None):
     """Delete hourly buckets older than HOURLY_RETENTION_DAYS (their bytes are already in the daily ones).
 
+    The background job runs it hourly.  It deletes client by client so each
+    delete is a primary-key range, not a scan of every hourly row.
     Returns how many rows went.
     """
     now = time.time() if now is None else now
     days = int(ctx.settings.get("HOURLY_RETENTION_DAYS", 31))
     cutoff = (_utc(now) - datetime.timedelta(days=days)).strftime("%Y-%m-%dT%H")
+    conn = ctx.db.conn
     with transaction(ctx.db):
-        return ctx.db.conn.execute("DELETE FROM traffic_hourly WHERE hour < ?", [cutoff]).rowcount
+        before = conn.total_changes
+        conn.executemany("DELETE FROM traffic_hourly WHERE client_id = ? AND hour < ?",
+                         [(row[0], cutoff) for row in conn.execute("SELECT id FROM clients")])
+        return conn.total_changes - before
 
 
 # -- queries for pages, API and metrics --------------------------------------------------------
