@@ -397,14 +397,29 @@ def _ipsec(ctx):
     return ipsec_device(ctx, interfaces) if interfaces else None
 
 
+def _said(device, outcome, what):
+    """A change line for apply's report, or nothing when nothing was touched."""
+    if outcome in ("built", "updated"):
+        return [f"{device}: {what} {'built' if outcome == 'built' else 'updated'}"]
+    if outcome == "torn down":
+        return [f"{device}: limits removed"]
+    return []
+
+
+# The hooks below are the apply backend (docs/architecture.md); each returns
+# the list of changes it made, for apply's report.
+
 def client_changed(ctx, interface, client):
     down, up = effective_limits(interface, client)
+    what = f"limits of {client['name']}"
+    changes = []
     if interface.get("enabled", 1):
-        apply_client(ctx, wg_device(interface), client, down, up)
+        changes += _said(interface["name"], apply_client(ctx, wg_device(interface), client, down, up), what)
     if interface.get("ikev2_enabled"):
         dev = _ipsec(ctx)
         if dev is not None:
-            apply_client(ctx, dev, client, down, up)
+            changes += _said(dev.name, apply_client(ctx, dev, client, down, up), what)
+    return changes
 
 
 def client_removed(ctx, interface, client):
@@ -413,30 +428,49 @@ def client_removed(ctx, interface, client):
         dev = _ipsec(ctx)
         if dev is not None:
             remove_client(ctx, dev, client)
+    return []
+
+
+def _interface(ctx, interface, clients):
+    dev = wg_device(interface)
+    if interface.get("enabled", 1):
+        outcome = converge(ctx, dev, [(c, *effective_limits(interface, c)) for c in clients])
+        return _said(dev.name, outcome, "client limits")
+    if _device_state(ctx, dev) == "shaped":
+        _teardown(ctx, dev)
+        return _said(dev.name, "torn down", "")
+    return []
 
 
 def interface_changed(ctx, interface, clients):
-    dev = wg_device(interface)
-    if interface.get("enabled", 1):
-        converge(ctx, dev, [(c, *effective_limits(interface, c)) for c in clients])
-    elif _device_state(ctx, dev) == "shaped":
-        _teardown(ctx, dev)
-    ipsec_device_changed(ctx)
+    return _interface(ctx, interface, clients) + _said(
+        ctx.settings.get("IPSEC_DEVICE", "ipsec0"), ipsec_device_changed(ctx), "IKEv2 client limits")
 
 
 def interface_removed(ctx, interface):
     _teardown(ctx, wg_device(interface))
     ipsec_device_changed(ctx)
+    return []
 
 
 def reconcile(ctx, interfaces):
+    """Every device as the database says; one interface's failure does not stop the others."""
+    from .apply import BackendErrors
+
+    changes, errors = [], {}
     for interface, clients in interfaces:
-        dev = wg_device(interface)
-        if interface.get("enabled", 1):
-            converge(ctx, dev, [(c, *effective_limits(interface, c)) for c in clients])
-        elif _device_state(ctx, dev) == "shaped":
-            _teardown(ctx, dev)
-    ipsec_device_changed(ctx)
+        try:
+            changes += _interface(ctx, interface, clients)
+        except (CommandError, ShapingError) as error:
+            errors[interface["name"]] = str(error)
+    try:
+        changes += _said(ctx.settings.get("IPSEC_DEVICE", "ipsec0"), ipsec_device_changed(ctx),
+                         "IKEv2 client limits")
+    except (CommandError, ShapingError) as error:
+        errors[None] = str(error)
+    if errors:
+        raise BackendErrors(errors, changes)
+    return changes
 
 
 def ipsec_device_changed(ctx):
