@@ -285,8 +285,10 @@ def search(db, interface_id=None, q="", status=None, sort="name", descending=Fal
     elif status == "active":
         where.append("c.suspended_reason IS NULL")
     elif status in ("online", "offline") and now is not None:
-        cond = "c.suspended_reason IS NULL AND c.last_handshake > ?"
-        where.append(cond if status == "online" else f"NOT ({cond} IS 1)")
+        # Like status(): a suspended client is neither online nor offline.
+        where.append("c.suspended_reason IS NULL")
+        where.append("c.last_handshake > ?" if status == "online"
+                     else "(c.last_handshake IS NULL OR c.last_handshake <= ?)")
         params.append(now - online_timeout)
     clause = ("WHERE " + " AND ".join(where)) if where else ""
     total = next(db.query(f"SELECT count(*) AS n FROM clients c {clause}", params))["n"]
