@@ -21,6 +21,7 @@ INSTALLED_CONFIG = "/etc/puqvpn/puqvpn.conf"
 
 # Extra commands from elsewhere in the project: name -> "module:attribute".
 COMMANDS = {
+    "token": "puqvpn.cli_token:token",
 }
 
 
