@@ -435,6 +435,8 @@ def _write_checked(ctx, text):
     """Write text next to the config, check it, then rename it into place. Raises before the rename."""
     path = conf_path(ctx)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    # unbound-checkconf checks that the working directory exists.
+    Path(run_paths(ctx.settings)["dir"]).mkdir(parents=True, exist_ok=True, mode=0o755)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
     try:
         # unbound re-reads it after dropping to its own user on reload.
