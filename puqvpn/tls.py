@@ -34,6 +34,8 @@ IO_TIMEOUT = 60               # seconds a read or write may stall mid-request
 UPSTREAM_TIMEOUT = 600        # seconds the panel may take to answer (a restore, an apply)
 MAX_CONNECTIONS = 256
 CHUNK = 64 * 1024
+DRAIN_SECONDS = 2             # after a refusal, how long to swallow the rest of the request
+DRAIN_BYTES = 1024 * 1024
 
 DROPPED = ("x-forwarded-", "forwarded", "x-real-ip")
 TOKEN_CHARS = set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -160,6 +162,31 @@ class _Connection:
         finally:
             self.pending.put(None)
             pump.join()
+            if self.refusal:
+                self._drain()
+
+    def _drain(self):
+        """After refusing, read what the client is still sending before closing.
+
+        Closing with unread data makes the kernel send a reset, and the client
+        may then never see the refusal.
+        """
+        try:
+            socket.socket.shutdown(self.tls, socket.SHUT_WR)
+        except OSError:
+            return
+        deadline, left = time.monotonic() + DRAIN_SECONDS, DRAIN_BYTES
+        while left > 0 and time.monotonic() < deadline:
+            try:
+                with self.lock:
+                    data = self.tls.recv(CHUNK)
+                if not data:
+                    return
+                left -= len(data)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                select.select([self.tls], [], [], max(0.0, deadline - time.monotonic()))
+            except (OSError, ssl.SSLError):
+                return
 
     # --- TLS I/O, one OpenSSL call at a time ---
 
@@ -360,7 +387,7 @@ class TLSFront:
         self.port = self.listener.getsockname()[1]
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.closed = threading.Event()
-        self.threads = [threading.Thread(target=self.waitress.run, name="waitress", daemon=True),
+        self.threads = [threading.Thread(target=self._run_waitress, name="waitress", daemon=True),
                         threading.Thread(target=self._accept, name="tls-accept", daemon=True)]
 
     def start(self):
@@ -383,13 +410,28 @@ class TLSFront:
             connection = _Connection(self, raw, peer)
             threading.Thread(target=connection.run, name="tls-conn", daemon=True).start()
 
+    def _run_waitress(self):
+        try:
+            self.waitress.run()
+        except OSError:
+            if not self.closed.is_set():
+                raise
+
     def close(self):
         self.closed.set()
         try:
             self.listener.close()
         except OSError:
             pass
-        self.waitress.close()
+        # Close waitress from its own loop thread: its map empties and run() returns.
+        def stop():
+            for channel in list(self.waitress._map.values()):
+                if channel is not self.waitress.trigger:
+                    channel.close()
+            self.waitress.task_dispatcher.shutdown()
+            self.waitress.trigger.close()
+        self.waitress.trigger.pull_trigger(stop)
+        self.threads[0].join(5)
 
 
 def start_tls(app, host, port, cert, key, threads=8):
