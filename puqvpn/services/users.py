@@ -84,3 +84,25 @@ def delete_user(db, user_id):
 
 
 _DUMMY_HASH = hash_password("not a real password")
+
+
+def set_role(db, user_id, role):
+    """Change an account's role; the last admin cannot be demoted. Takes effect on the next request."""
+    if role not in ROLES:
+        raise ValidationError({"role": f"choose one of {', '.join(ROLES)}"})
+    with transaction(db):
+        user = get(db, user_id)
+        if user is None:
+            raise LookupError(f"no user {user_id}")
+        if user["role"] == "admin" and role != "admin":
+            admins = next(db.query("SELECT count(*) AS n FROM users WHERE role = 'admin'"))["n"]
+            if admins <= 1:
+                raise ValidationError({"role": "the last admin cannot be demoted"})
+        db.execute("UPDATE users SET role = ? WHERE id = ?", [role, user_id])
+
+
+def reset_second_factor(db, user_id):
+    """Turn off an account's 2FA (lost phone) and end its sessions."""
+    with transaction(db):
+        db.execute("UPDATE users SET totp_secret = NULL, recovery_codes = '[]', "
+                   "session_version = session_version + 1 WHERE id = ?", [user_id])
