@@ -23,6 +23,8 @@ def only_our_backends(monkeypatch):
     # the others have their own tests.
     monkeypatch.setattr(apply, "BACKENDS", ("wireguard", "firewall"))
     wireguard.forget_backend()
+    yield
+    wireguard.flush_config_writes()
 
 
 @pytest.fixture

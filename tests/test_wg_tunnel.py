@@ -138,6 +138,7 @@ class Lab:
         return wireguard.dump(self.context(), self.ifname)[client["public_key"]]
 
     def close(self):
+        wireguard.flush_config_writes()
         self.db.conn.close()
         for ns in reversed(self.namespaces):
             ns.close()

@@ -14,7 +14,8 @@ from .fake_system import FakeSystem, make_context
 @pytest.fixture
 def system():
     wireguard.forget_backend()
-    return FakeSystem()
+    yield FakeSystem()
+    wireguard.flush_config_writes()
 
 
 @pytest.fixture
@@ -200,6 +201,7 @@ def test_suspend_removes_the_peer_and_resume_restores_it(ctx, system, wg0):
     wireguard.client_changed(ctx, wg0, suspended)
     assert [a for a in system.commands() if a[0] == "wg"] == [["wg", "set", "wg0", "peer", alice["public_key"], "remove"]]
     assert alice["public_key"] not in system.wg["wg0"]["peers"]
+    wireguard.flush_config_writes()
     assert "# alice" not in wireguard.config_path(ctx, "wg0").read_text()
 
     wireguard.client_changed(ctx, wg0, clients.resume(ctx.db, alice["id"]))
@@ -227,6 +229,30 @@ def test_deleting_a_client_removes_its_peer(ctx, system, wg0):
     row = clients.delete(ctx.db, alice["id"])
     wireguard.client_removed(ctx, wg0, row)
     assert system.wg["wg0"]["peers"] == {}
+
+
+def test_client_changes_rewrite_the_config_file_once_shortly_after(ctx, system, wg0, monkeypatch):
+    wireguard.interface_changed(ctx, wg0, [])
+    writes = []
+    real_write = wireguard.write_atomic
+    monkeypatch.setattr(wireguard, "write_atomic", lambda path, text: writes.append(path) or real_write(path, text))
+    for name in ("alice", "bob", "carol"):
+        wireguard.client_changed(ctx, wg0, clients.create(ctx.db, {"interface": wg0["id"], "name": name}))
+    wireguard.flush_config_writes()
+    assert len(writes) == 1, "a burst of changes is one write"
+    text = wireguard.config_path(ctx, "wg0").read_text()
+    assert all(f"# {name}" in text for name in ("alice", "bob", "carol"))
+
+
+def test_a_failed_deferred_write_marks_the_interface_pending(ctx, system, wg0, monkeypatch):
+    wireguard.interface_changed(ctx, wg0, [])
+
+    def read_only(path, text):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(wireguard, "write_atomic", read_only)
+    wireguard.client_changed(ctx, wg0, clients.create(ctx.db, {"interface": wg0["id"], "name": "alice"}))
+    wireguard.flush_config_writes()
+    assert "wg0.conf failed: [Errno 13] Permission denied" in interfaces.get(ctx.db, wg0["id"])["apply_error"]
 
 
 # ------------------------------------------------------------------ reconcile

@@ -309,16 +309,28 @@ def sync_elements(ctx, state):
 # ------------------------------------------------------------------ apply hooks
 
 def client_changed(ctx, interface, client):
-    """Block or unblock one client's addresses; reload only if the rules themselves are off."""
-    changes = ensure_table(ctx)
-    if changes:
-        return changes      # the reload rendered every element from the database
+    """Block or unblock one client's addresses: one nft transaction on the sets.
+
+    A client with port forwards may have moved address, which changes rules,
+    so then the rules are checked (and reloaded if off) first.  If the table
+    is missing (reboot, never applied), the whole table is loaded instead.
+    """
+    has_forwards = next(ctx.db.query("SELECT 1 FROM port_forwards WHERE client_id = ? LIMIT 1",
+                                     [client["id"]]), None)
+    if has_forwards:
+        changes = ensure_table(ctx)
+        if changes:
+            return changes      # the reload rendered every element from the database
     addresses = client_addresses(client)
-    if client.get("suspended_reason") is None:
-        nft_script(ctx, element_script(ctx, remove=addresses))
-        return [f"firewall: {client['name']} unblocked"]
-    nft_script(ctx, element_script(ctx, add=addresses))
-    return [f"firewall: {client['name']} blocked"]
+    suspended = client.get("suspended_reason") is not None
+    script = element_script(ctx, add=addresses) if suspended else element_script(ctx, remove=addresses)
+    try:
+        nft_script(ctx, script)
+    except CommandError:
+        if live_hash(ctx) is not None:
+            raise
+        return ensure_table(ctx)
+    return [f"firewall: {client['name']} {'blocked' if suspended else 'unblocked'}"]
 
 
 def client_removed(ctx, interface, client):

@@ -134,6 +134,74 @@ def write_config(ctx, interface, clients):
     return write_atomic(config_path(ctx, interface["name"]), text)
 
 
+# One client's change rewrites the config file shortly after, off the request
+# path: rendering every peer of a 10,000-peer interface costs more than the
+# live change itself, and a burst of changes (a bulk suspend) coalesces into
+# one write.  The file only matters while the panel is not running, and the
+# reconcile at start-up rewrites it from the database anyway.
+WRITE_DELAY = 0.2
+_writes = {}
+_writes_lock = threading.Condition()
+_writer = None
+
+
+def schedule_config_write(ctx, interface):
+    """Rewrite <name>.conf from the database in WRITE_DELAY seconds, in a background thread."""
+    global _writer
+    key = (ctx.settings["DATABASE"], ctx.settings["WG_CONF_DIR"], interface["id"])
+    with _writes_lock:
+        _writes[key] = ctx.settings
+        if _writer is None:
+            _writer = threading.Thread(target=_write_pending, name="wg-config-writer")
+            _writer.start()
+
+
+def _write_pending():
+    global _writer
+    from ..db import connect
+
+    while True:
+        time.sleep(WRITE_DELAY)
+        with _writes_lock:
+            batch = dict(_writes)
+            _writes.clear()
+            if not batch:
+                _writer = None
+                _writes_lock.notify_all()
+                return
+        for (database, _folder, interface_id), settings in batch.items():
+            if not Path(database).exists():
+                continue
+            db = connect(database, migrate=False)
+            try:
+                interface = next(db.query("SELECT * FROM interfaces WHERE id = ?", [interface_id]), None)
+                if interface is None:
+                    continue
+                ctx = _FileContext(db, settings)
+                try:
+                    write_config(ctx, interface, _clients(ctx, interface))
+                except (OSError, ValueError, WireGuardError) as error:
+                    log.error("writing the config of %s failed: %s", interface["name"], error)
+                    db.execute("UPDATE interfaces SET apply_error = ? WHERE id = ?",
+                               [f"wireguard: writing {config_path(ctx, interface['name'])} failed: {error}",
+                                interface_id])
+            finally:
+                db.conn.close()
+
+
+class _FileContext:
+    def __init__(self, db, settings):
+        self.db, self.settings = db, settings
+
+
+def flush_config_writes(timeout=10):
+    """Wait until every scheduled config write is done (tests, benchmarks, shutdown)."""
+    deadline = time.monotonic() + timeout
+    with _writes_lock:
+        while _writer is not None and time.monotonic() < deadline:
+            _writes_lock.wait(timeout=0.05)
+
+
 def managed_config_names(ctx):
     """Interface names with a config file the panel wrote (first line carries the mark)."""
     folder = Path(ctx.settings["WG_CONF_DIR"])
@@ -458,7 +526,7 @@ def ensure_forwarding(ctx, interfaces):
 def client_changed(ctx, interface, client):
     """One client created, edited, suspended or resumed: only its peer changes live."""
     if not interface["enabled"]:
-        write_config(ctx, interface, _clients(ctx, interface))
+        schedule_config_write(ctx, interface)
         return []
     try:
         if wgconfig.is_active(client):
@@ -471,14 +539,14 @@ def client_changed(ctx, interface, client):
         if link(ctx, interface["name"]) is not None:
             raise
         return interface_changed(ctx, interface, _clients(ctx, interface))
-    write_config(ctx, interface, _clients(ctx, interface))
+    schedule_config_write(ctx, interface)
     return [f"{interface['name']}: peer {client['name']} {'set' if wgconfig.is_active(client) else 'removed'}"]
 
 
 def client_removed(ctx, interface, client):
     if interface["enabled"] and link(ctx, interface["name"]) is not None:
         remove_peer(ctx, interface, client["public_key"])
-    write_config(ctx, interface, _clients(ctx, interface))
+    schedule_config_write(ctx, interface)
     return [f"{interface['name']}: peer {client['name']} removed"]
 
 
