@@ -114,11 +114,8 @@ def _flask_script_info(ctx):
 
 
 def audit(env, action, target="", outcome="ok", detail=""):
-    from .db import transaction
-    from .services.util import now_iso
-    with transaction(env.db):
-        env.db["audit_log"].insert({"at": now_iso(), "actor": "cli", "source_ip": "", "action": action,
-                                    "target": target, "outcome": outcome, "detail": detail})
+    from .services import audit as audit_log
+    audit_log.record(env.db, "cli", "", action, target, outcome, detail)
 
 
 def fail_validation(error):

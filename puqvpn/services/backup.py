@@ -331,7 +331,8 @@ def reconcile_system(db, settings, runner=None):
 # ------------------------------------------------------------------ scheduled
 
 def list_backups(settings):
-    """Backups in BACKUP_DIR, newest first: dicts with name, path, size, created (unix time)."""
+    """Backups in BACKUP_DIR, newest first: dicts with name, path, size, created (unix time),
+    created_at (text) and scheduled (rotated by prune)."""
     folder = Path(settings["BACKUP_DIR"])
     if not folder.is_dir():
         return []
@@ -339,8 +340,10 @@ def list_backups(settings):
     for path in folder.iterdir():
         if path.is_file() and path.name.endswith(".tar.gz") and not path.name.startswith("."):
             stat = path.stat()
-            found.append({"name": path.name, "path": str(path), "size": stat.st_size,
-                          "created": stat.st_mtime, "scheduled": bool(SCHEDULED_NAME.match(path.name))})
+            found.append({"name": path.name, "path": str(path), "size": stat.st_size, "created": stat.st_mtime,
+                          "created_at": datetime.fromtimestamp(stat.st_mtime, timezone.utc)
+                          .strftime("%Y-%m-%d %H:%M UTC"),
+                          "scheduled": bool(SCHEDULED_NAME.match(path.name))})
     found.sort(key=lambda b: (b["created"], b["name"]), reverse=True)
     return found
 
