@@ -10,7 +10,7 @@ from puqvpn import settings as settings_module
 from puqvpn.services import clients as clients_service
 from puqvpn.services import interfaces as interfaces_service
 from puqvpn.services import shaping
-from puqvpn.services.system import Context, FakeRunner, Result, Runner
+from puqvpn.services.system import CommandError, Context, FakeRunner, Result, Runner
 from tests.netns import Netns, requires_root_tools, veth
 
 
@@ -83,26 +83,50 @@ def test_one_client_change_is_one_batch_touching_only_that_client(db):
     assert len(batches) == 1
     lines = batches[0].splitlines()
     minor = f"1:{dev.minor(alice):x}"
+    # Upload on the IFB, then download on the tunnel device: class, leaf queue, filter each.
     assert [line.split()[0:2] for line in lines] == [["class", "replace"], ["qdisc", "replace"],
                                                       ["filter", "replace"]] * 2
     assert all(minor in line for line in lines)
-    assert "match ip dst 10.8.0.2/32" in lines[2] and "dev wg0 " in lines[2]
-    assert "match ip src 10.8.0.2/32" in lines[5] and "dev ifb-wg0 " in lines[5]
-    assert f"rate {shaping.tc_rate(5, 1420)}bit" in lines[0]
-    assert f"rate {shaping.tc_rate(2, 1420)}bit" in lines[3]
+    assert "match ip src 10.8.0.2/32" in lines[2] and "dev ifb-wg0 " in lines[2]
+    assert "match ip dst 10.8.0.2/32" in lines[5] and "dev wg0 " in lines[5]
+    assert f"rate {shaping.tc_rate(2, 1420)}bit" in lines[0]
+    assert f"rate {shaping.tc_rate(5, 1420)}bit" in lines[3]
     assert "10.8.0.3" not in batches[0]
-    # Nothing is torn down or rebuilt for a single change.
-    assert not any("del" in argv or "add" in argv for argv, _ in runner.calls)
+    # One process, nothing inspected, torn down or rebuilt for a single change.
+    assert runner.commands() == [["tc", "-batch", "-"]]
 
 
 def test_the_device_missing_means_nothing_to_do(db):
     interface = make_interface(db)
     alice = make_client(db, interface, "alice", down_mbit="5")
-    runner = FakeRunner(responses={("tc", "qdisc", "show", "dev", "wg0"):
-                                   Result(1, "", 'Cannot find device "wg0"\n')})
+    runner = FakeRunner(responses={
+        ("tc", "-batch", "-"): Result(1, "", 'Cannot find device "wg0"\nCommand failed -:1\n'),
+        ("tc", "qdisc", "show", "dev", "wg0"): Result(1, "", 'Cannot find device "wg0"\n')})
+    ctx = Context(db, settings_module.load(environ={}), runner)
+    assert shaping.client_changed(ctx, interface, alice) == []
+    assert runner.commands() == [["tc", "-force", "-batch", "-"], ["tc", "-batch", "-"],
+                                 ["tc", "qdisc", "show", "dev", "wg0", "root"]]
+
+
+def test_lifting_a_limit_deletes_quietly_but_real_errors_raise(db):
+    interface = make_interface(db)
+    alice = make_client(db, interface, "alice")
+    gone = "RTNETLINK answers: No such file or directory\nCommand failed -:1\n"
+    runner = FakeRunner(responses={("tc", "-force", "-batch", "-"): Result(1, "", gone)})
     ctx = Context(db, settings_module.load(environ={}), runner)
     shaping.client_changed(ctx, interface, alice)
-    assert runner.commands() == [["tc", "qdisc", "show", "dev", "wg0"]]
+    (argv, stdin), = runner.calls
+    assert stdin.splitlines()[:2] == ["filter del dev wg0 parent 1: prio 10 protocol ip handle 100:2:a09 u32",
+                                      "class del dev wg0 classid 1:2"]
+    assert len(stdin.splitlines()) == 4
+
+    busy = "Error: HTB class in use.\nCommand failed -:2\n"
+    runner.responses[("tc", "-force", "-batch", "-")] = Result(1, "", gone + busy)
+    runner.responses[("tc", "qdisc", "show", "dev", "wg0", "root")] = Result(0, "qdisc htb 1: root\n", "")
+    runner.responses[("ip", "-o", "link", "show", "dev", "ifb-wg0")] = Result(
+        0, f"alias {shaping.wg_device(interface).signature()}\n", "")
+    with pytest.raises(CommandError, match="HTB class in use"):
+        shaping.client_changed(ctx, interface, alice)
 
 
 def test_class_statistics_are_parsed():

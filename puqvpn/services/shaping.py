@@ -209,9 +209,23 @@ def _tc(ctx, *args, check=True):
     return ctx.runner.run([ctx.settings.get("TC_BIN", "tc"), *args], check=check)
 
 
+# Order inside one batch: deletes, then the root qdisc, classes, leaf queues, filters.  It keeps
+# every dependency (a filter needs its class, a class its qdisc) and is much faster than
+# per-client order: adding classes between other objects costs the kernel a walk each time,
+# and tc slows down when consecutive lines alternate between devices.
+_RANK = {("filter", "del"): 0, ("class", "del"): 1, ("qdisc", "add"): 2, ("class", "replace"): 3,
+         ("qdisc", "replace"): 4, ("filter", "add"): 5, ("filter", "replace"): 5}
+
+
 def _batch(ctx, lines):
+    """Run tc lines in one process, grouped by device and kind (stable, so order within a group holds)."""
+    lines = sorted(lines, key=lambda line: (line.split()[3], _RANK[tuple(line.split()[:2])]))
     if lines:
-        ctx.runner.run([ctx.settings.get("TC_BIN", "tc"), "-batch", "-"], input="\n".join(lines) + "\n")
+        # A first build of thousands of classes takes seconds: the kernel walks
+        # the classes on every add.  Allow for it beyond the usual timeout.
+        timeout = int(ctx.settings.get("COMMAND_TIMEOUT", 15)) + len(lines) // 500
+        ctx.runner.run([ctx.settings.get("TC_BIN", "tc"), "-batch", "-"], input="\n".join(lines) + "\n",
+                       timeout=timeout)
 
 
 def _ip(ctx, *args, check=True):
@@ -220,7 +234,7 @@ def _ip(ctx, *args, check=True):
 
 def _device_state(ctx, dev):
     """'missing' (no tunnel device), 'bare' (no shaping of ours) or 'shaped'."""
-    result = _tc(ctx, "qdisc", "show", "dev", dev.name, check=False)
+    result = _tc(ctx, "qdisc", "show", "dev", dev.name, "root", check=False)
     if result.returncode != 0:
         if "Cannot find device" in result.stderr or "does not exist" in result.stderr:
             return "missing"
@@ -321,50 +335,61 @@ def converge(ctx, dev, clients_limits):
     return "updated"
 
 
-def _filter_minor(ctx, target, handle):
-    """The class a filter handle points at, or None when there is no such filter."""
-    table, bucket, node = handle
-    result = _tc(ctx, "filter", "get", "dev", target, "parent", ROOT, "prio", str(PRIO), "protocol", "ip",
-                 "handle", f"{table:x}:{bucket:x}:{node:x}", "u32", check=False)
-    found = _FILTER_RE.search(result.stdout) if result.returncode == 0 else None
-    return int(found.group(4), 16) if found else None
+# What tc says when a delete finds nothing to delete: already in the wanted state.
+_ABSENT = ("No such file or directory", "Specified filter handle not found", "Cannot find specified class",
+           "Cannot find device", "does not exist")
+
+
+def _delete_quietly(ctx, lines):
+    """Run delete lines with -force; a line whose object is already gone is fine, anything else raises."""
+    if not lines:
+        return
+    argv = [ctx.settings.get("TC_BIN", "tc"), "-force", "-batch", "-"]
+    result = ctx.runner.run(argv, input="\n".join(lines) + "\n", check=False)
+    if result.returncode == 0:
+        return
+    # tc prints the kernel's complaint, then "Command failed -:N", for each failing line.
+    for complaint in re.split(r"Command failed -:\d+\n?", result.stderr):
+        if complaint.strip() and not any(marker in complaint for marker in _ABSENT):
+            raise CommandError(argv, result.returncode, complaint)
+
+
+def _client_delete_lines(dev, client, targets):
+    table, bucket, node = filter_handle(client["ip"])
+    minor = dev.minor(client)
+    lines = []
+    for target in targets:
+        lines += [f"filter del dev {target} parent {ROOT} prio {PRIO} protocol ip handle "
+                  f"{table:x}:{bucket:x}:{node:x} u32",
+                  f"class del dev {target} classid 1:{minor:x}"]
+    return lines
 
 
 def apply_client(ctx, dev, client, down, up):
-    """Bring one client's class and filter on one device in line: the per-change path.
+    """Bring one client's classes and filters on one device in line: the per-change path.
 
-    Touches only this client's class (by its minor) and the filter at its
-    address's handle, in one batch; a first limit on a bare device builds it.
+    Touches only this client's classes (by its minor) and the filters at its
+    address's handle.  Optimistic: one `tc -batch` replaces what should be
+    there and one `tc -force -batch` deletes what should not; only when that
+    fails is the device inspected (recreated tunnel: built afresh from the
+    database; missing device: nothing to do).
     """
-    state = _device_state(ctx, dev)
-    if state == "missing":
-        return "missing"
-    if state == "bare":
-        if not (down or up):
-            return "unshaped"
-        _build(ctx, dev, [(client, down, up)] + _other_wanted(ctx, dev, client))
-        return "built"
-    minor, handle = dev.minor(client), filter_handle(client["ip"])
-    lines = []
-    for target, mbit in ((dev.name, down), (dev.ifb, up)):
-        if mbit:
-            continue
-        if dev.by_id:
-            # The address may have belonged to another client whose filter is still there.
-            if _filter_minor(ctx, target, handle) is not None:
-                lines.append(_filter_del(target, handle))
-        elif _has_class(ctx, target, minor):
-            lines.append(_filter_del(target, handle))
-        if _has_class(ctx, target, minor):
-            lines.append(f"class del dev {target} classid 1:{minor:x}")
-    lines += client_lines(dev, client, down, up)
-    _batch(ctx, lines)
-    return "updated"
-
-
-def _has_class(ctx, target, minor):
-    result = _tc(ctx, "class", "show", "dev", target, "classid", f"1:{minor:x}", check=False)
-    return result.returncode == 0 and bool(result.stdout.strip())
+    unlimited = [target for target, mbit in ((dev.name, down), (dev.ifb, up)) if not mbit]
+    try:
+        _delete_quietly(ctx, _client_delete_lines(dev, client, unlimited))
+        _batch(ctx, client_lines(dev, client, down, up))
+        return "updated" if (down or up) else "unchanged"
+    except CommandError:
+        state = _device_state(ctx, dev)
+        if state == "missing":
+            return "missing"
+        if state == "shaped":
+            raise
+    wanted = ([(client, down, up)] if (down or up) else []) + _other_wanted(ctx, dev, client)
+    if not wanted:
+        return "unshaped"
+    _build(ctx, dev, wanted)
+    return "built"
 
 
 def _other_wanted(ctx, dev, client):
@@ -385,9 +410,7 @@ def _rows_for_device(ctx, dev):
 
 def remove_client(ctx, dev, client):
     """Delete one client's filters and classes (the row as it was), if present."""
-    if _device_state(ctx, dev) != "shaped":
-        return
-    apply_client(ctx, dev, client, 0, 0)
+    _delete_quietly(ctx, _client_delete_lines(dev, client, (dev.name, dev.ifb)))
 
 
 # -- the apply backend -----------------------------------------------------------
