@@ -101,6 +101,8 @@ class FakeSystem:
         if state is None:
             verb = "access" if args[0] == "show" else "modify"
             return fail(f"Unable to {verb} interface: Protocol not supported\n")
+        if args == ["show", name]:
+            return Result(0, f"interface: {name}\n  public key: PUBLIC\n  listening port: {state['port']}\n", "")
         if args[0] == "show" and args[2] == "dump":
             lines = [f"{state['private_key'] or '(none)'}\tPUBLIC\t{state['port']}\toff"]
             for key, peer in state["peers"].items():

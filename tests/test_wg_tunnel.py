@@ -208,6 +208,17 @@ def test_client_to_client_traffic_follows_the_interface_setting(lab):
     assert ping(lab.bob_ns, "10.77.0.1")
 
 
+def test_diagnostics_page_shows_a_healthy_interface_and_its_peers(lab):
+    assert ping(lab.alice_ns, "10.77.0.1") and ping(lab.bob_ns, "10.77.0.1")
+    response = lab.auth.client.get(f"/diagnostics/interfaces/{lab.interface['id']}")
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
+    assert 'class="check-fail"' not in page and 'class="check-warn"' not in page, page
+    assert "IPv4 forwarding" in page and "is masqueraded" in page
+    assert ">alice<" in page and ">bob<" in page and "(online)" in page
+    assert "nft list table inet puqvpn" in page
+
+
 # A panel process that commits a suspend, applies WireGuard, and then hangs in
 # the next backend, where the test kills it.
 KILLED_PANEL = r"""

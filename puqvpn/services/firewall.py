@@ -363,3 +363,17 @@ def list_table(ctx):
     """The live table with its counters, as nft prints it; None if it is missing."""
     result = ctx.runner.run([_nft(ctx), "list", "table", "inet", table_name(ctx)], check=False)
     return result.stdout if result.returncode == 0 else None
+
+
+def status_panel(ctx):
+    """For the dashboard: is the panel's table loaded with the rules the database asks for?"""
+    if not ctx.live:
+        return {"state": "warn", "detail": "SYSTEM_APPLY is 0: no rules are loaded."}
+    table = table_name(ctx)
+    current = live_hash(ctx)
+    if current is None:
+        return {"state": "down", "detail": f"table inet {table} is not loaded: press Apply."}
+    _text, digest = render(ctx, load_state(ctx))
+    if current != digest:
+        return {"state": "warn", "detail": f"table inet {table} differs from the database: press Apply."}
+    return {"state": "ok", "detail": f"table inet {table} loaded"}

@@ -603,3 +603,18 @@ def reconcile(ctx, interfaces):
 
 def _clients(ctx, interface):
     return list(ctx.db.query("SELECT * FROM clients WHERE interface_id = ? ORDER BY ip_int", [interface["id"]]))
+
+
+# ------------------------------------------------------------------ dashboard
+
+def status_panel(ctx):
+    """For the dashboard: which backend runs WireGuard, and whether every enabled interface is up."""
+    if not ctx.live:
+        return {"state": "warn", "detail": "SYSTEM_APPLY is 0: the panel leaves the live system alone."}
+    kind = backend(ctx)
+    label = "kernel module" if kind == "kernel" else "wireguard-go (userspace)"
+    enabled = [row["name"] for row in ctx.db.query("SELECT name FROM interfaces WHERE enabled = 1 ORDER BY name")]
+    down = [name for name in enabled if "UP" not in ((link(ctx, name) or {}).get("flags") or [])]
+    if down:
+        return {"state": "down", "detail": f"{label}; not running: {', '.join(down)}"}
+    return {"state": "ok", "detail": f"{label}; {len(enabled)} interface(s) up"}
