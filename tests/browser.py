@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 from waitress.server import create_server
 
 from puqvpn import create_app
@@ -23,6 +24,9 @@ from puqvpn.services import users
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 ADMIN = ("admin", "correct horse battery staple")
+
+# A loaded CI machine (two cores, other tests running) can take seconds for a swap.
+expect.set_options(timeout=15_000)
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]

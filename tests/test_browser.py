@@ -65,6 +65,7 @@ def test_an_admin_sets_up_an_interface_and_clients(live_server, page, page_error
     expect(rows).to_have_count(2)
     # Sorting swaps the table too, and the search that follows keeps the order.
     page.click("#client-table thead >> text=Address")
+    expect(page.locator("#client-table thead")).to_contain_text("Address ▲")
     page.click("#client-table thead >> text=Address")
     expect(page.locator("#client-table thead")).to_contain_text("Address ▼")
     expect(rows.first).to_contain_text("bob")

@@ -43,12 +43,14 @@ def index():
     db = get_db()
     filters = _list_args()
     rows, total = clients.search(db, now=now(), online_timeout=settings().int("ONLINE_TIMEOUT"), **filters)
-    values = {"clients": rows, "total": total, "filters": filters, "interfaces": interfaces.list_all(db),
+    values = {"clients": rows, "total": total, "filters": filters,
               "now": now(), "online_timeout": settings().int("ONLINE_TIMEOUT"),
               "pages": max(1, -(-total // filters["per_page"]))}
     # Active search and paging swap only the table.
     if request.headers.get("HX-Target") == "client-table":
         return render("clients/_table.html", **values)
+    # The filter needs names only; list_all() would count every client of every interface.
+    values["interfaces"] = list(db.query("SELECT id, name FROM interfaces ORDER BY name"))
     return render("clients/list.html", **values)
 
 
