@@ -127,6 +127,7 @@ supervise_start() { # name command...
   fi
   mkdir -p "$RUN_DIR" "$LOG_DIR"
   chmod 0700 "$LOG_DIR"
+  # shellcheck disable=SC2016  # expanded by the inner bash, on purpose
   setsid bash -c '
     echo $$ > "$0"
     trap "kill -TERM \$child 2>/dev/null; wait \$child; exit 0" TERM INT
@@ -179,7 +180,7 @@ uninstall() {
   stop_everything
   step "Removing the app ($APP_DIR), the service file and the puqvpn command"
   rm -f "$UNIT_FILE" "$WRAPPER"
-  has_systemd && systemctl daemon-reload || true
+  if has_systemd; then systemctl daemon-reload || true; fi
   rm -rf "$APP_DIR" "$APP_DIR.new"
   if [[ $ACTION == purge ]]; then
     step "Removing the data ($DATA_DIR), the settings ($CONF_DIR) and the logs ($LOG_DIR)"
@@ -197,9 +198,10 @@ uninstall() {
 check_os() {
   step "Checking the operating system"
   [[ -r /etc/os-release ]] || die "cannot read /etc/os-release: this is not a supported Debian or Ubuntu"
-  # shellcheck disable=SC1091
   local id version
+  # shellcheck source=/dev/null
   id=$(. /etc/os-release && echo "${ID:-}")
+  # shellcheck source=/dev/null
   version=$(. /etc/os-release && echo "${VERSION_ID:-}")
   case "$id:$version" in
     debian:12|debian:13|ubuntu:22.04|ubuntu:24.04) info "$id $version: supported" ;;
@@ -389,7 +391,7 @@ setting() { # NAME -> value in the settings file, or empty
 
 set_setting() { # NAME VALUE: replace the line or add it
   local name=$1 value=$2
-  if grep -q "^[[:space:]]*$name[[:space:]]*=" "$CONF"; then
+  if grep -q "^[[:space:]]*${name}[[:space:]]*=" "$CONF"; then
     local tmp
     tmp=$(mktemp "$CONF.XXXXXX")
     awk -v n="$name" -v v="$value" '

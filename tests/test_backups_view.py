@@ -74,3 +74,15 @@ def test_operators_cannot_reach_backups(auth, client, db):
     auth.attempt("op", "operator-password")
     assert client.get("/backups/").status_code == 403
     assert auth.post("/backups/download", {"traffic": "1"}).status_code == 403
+
+
+def test_the_restore_form_accepts_backups_larger_than_the_app_wide_upload_limit(logged_in, app, make_client):
+    make_client("alice")
+    data = download(logged_in, traffic=True)
+    app.config["MAX_CONTENT_LENGTH"] = len(data) // 2    # smaller than this backup
+    response = logged_in.post("/backups/restore", {"file": (io.BytesIO(data), "big.tar.gz"), "confirm": "1"},
+                              content_type="multipart/form-data")
+    assert response.status_code == 302
+    # Other forms keep the app-wide limit.
+    too_big = logged_in.post("/backups/now", {"padding": "x" * len(data)})
+    assert too_big.status_code == 413

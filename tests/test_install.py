@@ -27,10 +27,56 @@ REPO = Path(__file__).resolve().parent.parent
 CHROOT_ENV = ["/usr/bin/env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
               "HOME=/root", "DEBIAN_FRONTEND=noninteractive", "LANG=C.UTF-8"]
 
-pytestmark = [
-    pytest.mark.slow,
-    requires_root_tools("mmdebstrap", "chroot", "unshare", "mount", "umount", "ip", "git"),
-]
+INSTALL_SH = REPO / "install.sh"
+
+
+# ------------------------------------------------------------- quick checks
+
+def installer(*args, stdin=None, script=True):
+    """Run install.sh (or pipe it into bash, as `curl … | sudo bash` does)."""
+    argv = ["bash", INSTALL_SH, *args] if script else ["bash", "-s", "--", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, input=stdin,
+                          env={"PATH": os.environ["PATH"], "PUQVPN_ANY_OS": "1"})
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_the_installer_passes_shellcheck():
+    result = subprocess.run(["shellcheck", INSTALL_SH], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_help_lists_every_option():
+    result = installer("--help")
+    assert result.returncode == 0
+    for option in ("--port", "--domain", "--admin-user", "--admin-password", "--no-start", "--start",
+                   "--source", "--uninstall", "--purge"):
+        assert option in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--port", "70000"], "--port must be a number from 1 to 65535"),
+    (["--domain", "vpn.example.com;reboot"], "--domain must be a domain name"),
+    (["--admin-user", "a b"], "--admin-user may only contain"),
+    (["--port"], "--port needs a value"),
+    (["--colour"], "unknown option --colour"),
+])
+def test_bad_options_stop_before_anything_is_done(args, message):
+    result = installer(*args)
+    assert result.returncode == 1
+    assert message in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the installer checks for root first")
+def test_piped_into_bash_without_a_source_it_says_where_the_source_must_come_from():
+    result = installer("--no-start", stdin=INSTALL_SH.read_text(), script=False)
+    assert result.returncode == 1
+    assert "this installer has no puqvpn source to install" in result.stderr
+    assert "--source /path/to/puqvpn" in result.stderr
+    assert "==> [3]" not in result.stdout   # it stopped before installing anything
+
+
+# ------------------------------------------------------- the full install
+
 
 
 def run(argv, timeout=600, check=True, **kwargs):
@@ -146,6 +192,8 @@ def panel_pid(root):
     return int(path.read_text()) if path.exists() else None
 
 
+@pytest.mark.slow
+@requires_root_tools("mmdebstrap", "chroot", "unshare", "mount", "umount", "ip", "git")
 def test_install_log_in_upgrade_and_uninstall_on_a_fresh_debian_12(rootfs):
     timings = {}
     # pip inside a fresh chroot trusts what the host trusts: the ca-certificates
@@ -207,7 +255,7 @@ def test_install_log_in_upgrade_and_uninstall_on_a_fresh_debian_12(rootfs):
         imported = ns.run(in_chroot(rootfs, "puqvpn", "import-wg", "/etc/wireguard/wg0.conf",
                                     "--endpoint", "vpn.example.com"), timeout=120)
         assert "Imported wg0 with 1 client(s)" in imported.stdout
-        assert "wg0" in ns.run(["ip", "link", "show", "wg0"]).stdout
+        tunnel = ns.run(["ip", "-o", "link", "show", "wg0"]).stdout.split(":")[0]   # its ifindex
         before = {
             "users": database_rows(rootfs, "SELECT username, password_hash FROM users"),
             "clients": database_rows(rootfs, "SELECT name, public_key, ip FROM clients"),
@@ -234,6 +282,8 @@ def test_install_log_in_upgrade_and_uninstall_on_a_fresh_debian_12(rootfs):
             "certificate": (rootfs / "etc/puqvpn/tls/panel.crt").read_bytes(),
         }
         assert after == before
+        # The tunnel stayed up through the panel's restart: the same link, not a new one.
+        assert ns.run(["ip", "-o", "link", "show", "wg0"]).stdout.split(":")[0] == tunnel
         assert after["clients"][0][0] == "alice"
         assert "/auth/login" not in log_in(ns, rootfs, "owner", password)["home"]
         status = json.loads(ns.run(in_chroot(rootfs, "puqvpn", "status", "--json")).stdout)

@@ -115,7 +115,7 @@ def create_backup(db, settings, dest, with_traffic=True):
 
 
 def _write_tar(fileobj, manifest_bytes, files):
-    with tarfile.open(fileobj=fileobj, mode="w:gz") as tar:
+    with tarfile.open(fileobj=fileobj, mode="w:gz", compresslevel=6) as tar:
         info = tarfile.TarInfo(MANIFEST)
         info.size, info.mode, info.mtime = len(manifest_bytes), 0o600, int(time.time())
         tar.addfile(info, io.BytesIO(manifest_bytes))

@@ -15,6 +15,17 @@ from .audit import note
 from .auth import role
 
 bp = Blueprint("backups", __name__, url_prefix="/backups")
+UPLOAD_LIMIT = 1 << 30
+
+
+def init_app(app):
+    # A year of traffic history for thousands of clients is larger than the
+    # app-wide upload limit; the restore form may send up to waitress's 1 GiB.
+    # This must run before the CSRF check, which is what parses the body.
+    def allow_large_restore():
+        if request.endpoint == "backups.restore":
+            request.max_content_length = UPLOAD_LIMIT
+    app.before_request_funcs.setdefault(None, []).insert(0, allow_large_restore)
 
 
 def _page(errors=None, status=200):
