@@ -117,7 +117,8 @@ def _server_address(interface):
 
 def sswan(interface, client, ca_pem, identity, options):
     """The strongSwan app's profile (type ikev2-eap); the app asks for the password itself."""
-    ike, _esp, _ike_params, _esp_params = _android_proposals(options)
+    # the app takes one proposal of each kind: the server's first, which the app supports
+    ike, esp = options["ike_proposals"][0], options["esp_proposals"][0]
     profile = {
         "uuid": _uuid("sswan", interface["id"], client["id"]),
         "name": _connection_name(interface, client),
@@ -129,15 +130,10 @@ def sswan(interface, client, ca_pem, identity, options):
         },
         "local": {"eap_id": client["username"]},
         "ike-proposal": ike,
-        "esp-proposal": _esp,
+        "esp-proposal": esp,
     }
     data = json.dumps(profile, indent=2).encode()
     return _filename(client, ".sswan"), MIME_SSWAN, data
-
-
-def _android_proposals(options):
-    # the app takes one proposal string each; the server's first ones are modern and supported
-    return options["ike_proposals"][0], options["esp_proposals"][0], None, None
 
 
 # ------------------------------------------------------------------ Apple
