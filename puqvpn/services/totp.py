@@ -31,31 +31,35 @@ def provisioning_uri(secret, username, issuer=ISSUER):
     return pyotp.TOTP(secret).provisioning_uri(name=username, issuer_name=issuer)
 
 
-# Last time step accepted per account: a code works once, even within its 30 s.
+# Last time step accepted per secret: a code works once, even within its 30 s,
+# and once a code is used no older one is taken.  Keyed by a hash of the
+# secret, not the account id, which a restored or re-created account may reuse.
 # The panel is one process, so memory is enough; a restart forgets at most one code.
 _last_step = {}
+_now = time.time
 _last_step_lock = threading.Lock()
 
 
-def check_code(secret, code, account=None, at=None):
+def check_code(secret, code, once=True, at=None):
     """True if the six-digit code is valid now (one step of clock drift either way).
 
-    With ``account`` given, a code (or an older one) already accepted for it is refused.
+    With ``once``, a code (or an older one) already accepted for this secret is refused.
     """
     code = "".join((code or "").split())
     if not (secret and len(code) == 6 and code.isdigit()):
         return False
     totp = pyotp.TOTP(secret)
-    at = time.time() if at is None else at
+    at = _now() if at is None else at
     step = int(at // totp.interval)
     for candidate in (step - 1, step, step + 1):
         if hmac.compare_digest(totp.generate_otp(candidate), code):
-            if account is None:
+            if not once:
                 return True
+            key = hashlib.sha256(secret.encode()).hexdigest()
             with _last_step_lock:
-                if _last_step.get(account, -1) >= candidate:
+                if _last_step.get(key, -1) >= candidate:
                     return False
-                _last_step[account] = candidate
+                _last_step[key] = candidate
             return True
     return False
 
@@ -120,7 +124,7 @@ def recovery_codes_left(user):
 
 def verify_second_factor(db, user, code):
     """A TOTP code or a recovery code; returns 'totp', 'recovery' or None."""
-    if check_code(user["totp_secret"], code, account=user["id"]):
+    if check_code(user["totp_secret"], code):
         return "totp"
     if use_recovery_code(db, user["id"], code):
         return "recovery"

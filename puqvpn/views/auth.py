@@ -189,10 +189,11 @@ def second_factor():
                 error, status = "Wrong code.", 401
             else:
                 if used == "recovery":
+                    response = _finish_login(user, "with a recovery code")
                     left = totp.recovery_codes_left(users.get(db, user["id"]))
                     flash(f"You used a recovery code; {left} left. Make new ones under Two-factor login.",
                           "info")
-                    return _finish_login(user, "with a recovery code")
+                    return response
                 return _finish_login(user, "with a TOTP code")
     return render_template("auth/second_factor.html", error=error), status
 
@@ -219,7 +220,7 @@ def enrol():
         action = request.form.get("action")
         if action == "enable" and not user["totp_secret"]:
             secret = session.get("enrol_secret")
-            if secret and totp.check_code(secret, request.form.get("code", ""), account=user["id"]):
+            if secret and totp.check_code(secret, request.form.get("code", "")):
                 codes = totp.enable(db, user["id"], secret)
                 session.pop("enrol_secret", None)
                 user = users.get(db, user["id"])
