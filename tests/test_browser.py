@@ -130,8 +130,19 @@ def test_an_admin_sets_up_an_interface_and_clients(live_server, page, page_error
     expect(page.locator("#client-table tbody")).to_contain_text("suspended")
     snap(page, "09-client-list-after-delete")
 
+    page.click("nav >> text=Interfaces")
+    snap(page, "10-interfaces")
     page.click("nav >> text=Dashboard")
-    snap(page, "10-dashboard")
+    snap(page, "11-dashboard")
+
+    # The same pages on a phone.
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.click("nav >> text=Clients")
+    snap(page, "12-phone-client-list")
+    page.click("#client-table >> text=alice")
+    expect(page.locator("img#qr")).to_be_visible()
+    snap(page, "13-phone-client-page")
+    page.set_viewport_size({"width": 1280, "height": 720})
 
     # Log out from the account menu.
     page.click("nav details.dropdown summary:text-is('admin')")
@@ -140,7 +151,7 @@ def test_an_admin_sets_up_an_interface_and_clients(live_server, page, page_error
     expect(page.locator(".flash")).to_contain_text("You are logged out.")
     page.goto(live_server.url + "/clients/")
     expect(page.locator("h1")).to_have_text("Log in")
-    snap(page, "11-logged-out")
+    snap(page, "14-logged-out")
 
     assert page_errors == []
 
