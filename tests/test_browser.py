@@ -27,6 +27,8 @@ def test_an_admin_sets_up_an_interface_and_clients(live_server, page, page_error
     page.on("dialog", lambda dialog: dialog.accept())   # hx-confirm asks through window.confirm
     log_in(page, live_server)
     expect(page.locator("h1")).to_have_text("Dashboard")
+    icon = page.request.get(page.locator("link[rel=icon]").evaluate("link => link.href"))
+    assert icon.ok and icon.headers["content-type"].startswith("image/svg+xml")
     snap(page, "01-dashboard-empty")
 
     # An interface, through its form; the defaults are prefilled.
