@@ -127,11 +127,11 @@ def build_ca(common_name, organization, country=None, state=None, locality=None,
     fields = {}
     common_name = _text(fields, "common_name", common_name, True)
     organization = _text(fields, "organization", organization, True)
-    country = _text(fields, "country", country, False, 2)
+    country = _text(fields, "country", country, False, 64)
     state = _text(fields, "state", state, False, 128)
     locality = _text(fields, "locality", locality, False, 128)
     unit = _text(fields, "unit", unit, False)
-    if country and "country" not in fields and not re.fullmatch(r"[A-Za-z]{2}", country):
+    if country and not re.fullmatch(r"[A-Za-z]{2}", country):
         fields["country"] = "Two letters, e.g. DE."
     if key_type not in KEY_TYPES:
         fields["key_type"] = "Choose one of " + ", ".join(KEY_TYPES.values()) + "."
