@@ -65,6 +65,9 @@ class Lab:
             BACKUP_DIR=str(tmp_path / "backups"), COMMAND_TIMEOUT="10",
         )
         self.app = create_app(**self.settings)
+        if "portforwards" not in self.app.blueprints:
+            from puqvpn.views import portforwards
+            self.app.register_blueprint(portforwards.bp)    # until puqvpn.BLUEPRINTS lists it
         self.app.config["TESTING"] = True
         self.app.config["WTF_CSRF_ENABLED"] = True
         self.db = connect(self.app.config["PUQVPN"]["DATABASE"])
@@ -217,6 +220,45 @@ def test_diagnostics_page_shows_a_healthy_interface_and_its_peers(lab):
     assert "IPv4 forwarding" in page and "is masqueraded" in page
     assert ">alice<" in page and ">bob<" in page and "(online)" in page
     assert "nft list table inet puqvpn" in page
+
+
+FETCH = r"""
+import sys, urllib.request
+try:
+    print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode(), end="")
+except OSError as error:
+    sys.exit(f"unreachable: {error}")
+"""
+
+# A one-line web service (http.server would look up its own name in DNS first).
+SERVE = r"""
+import socket, sys
+server = socket.create_server((sys.argv[1], int(sys.argv[2])))
+while True:
+    connection, _peer = server.accept()
+    connection.recv(4096)
+    connection.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 16\r\n\r\nserved by alice\n")
+    connection.close()
+"""
+
+
+def test_a_port_forward_reaches_a_service_on_a_client(lab):
+    alice = lab.alice
+    lab.alice_ns.popen([sys.executable, "-c", SERVE, alice["ip"], "8000"])
+    local = [sys.executable, "-c", FETCH, f"http://{alice['ip']}:8000/"]
+    assert wait_until(lambda: lab.alice_ns.run(local, check=False).returncode == 0, timeout=10)
+    url = "http://198.51.100.1:8081/"
+    assert lab.wan.run([sys.executable, "-c", FETCH, url], check=False).returncode != 0, "closed before"
+
+    page = f"/interfaces/{lab.interface['id']}/port-forwards/"
+    lab.post(page, {"client_id": str(alice["id"]), "proto": "tcp", "ext_port": "8081", "dest_port": "8000"})
+    lab.assert_applied()
+    assert lab.wan.run([sys.executable, "-c", FETCH, url]).stdout == "served by alice\n"
+
+    forward = next(lab.db.query("SELECT id FROM port_forwards WHERE ext_port = 8081"))
+    lab.post(f"{page}{forward['id']}/delete")
+    lab.assert_applied()
+    assert lab.wan.run([sys.executable, "-c", FETCH, url], check=False).returncode != 0, "closed again"
 
 
 # A panel process that commits a suspend, applies WireGuard, and then hangs in
