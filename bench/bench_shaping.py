@@ -47,7 +47,7 @@ def iperf(ns, download, seconds):
     return report["end"]["sum_received"]["bits_per_second"] / 1e6
 
 
-def rate_accuracy(rates, seconds, workdir):
+def rate_accuracy(rates, seconds, workdir, show_classes=False):
     print(f"== goodput against the limit (WireGuard, wireguard-go, iperf3 TCP, {seconds} s after 2 s omitted)")
     print(f"{'limit':>8} {'down':>9} {'error':>7} {'up':>9} {'error':>7}")
     server, client = Netns("pqbs"), Netns("pqbc")
@@ -83,6 +83,10 @@ def rate_accuracy(rates, seconds, workdir):
             errors = [(down - rate) / rate * 100, (up - rate) / rate * 100]
             worst = max(worst, *map(abs, errors))
             print(f"{rate:>8g} {down:9.3f} {errors[0]:+6.1f}% {up:9.3f} {errors[1]:+6.1f}%")
+            if show_classes:
+                for stats in shaping.class_counters(ctx, interface, [clients_service.get(db, row["id"])]):
+                    print(f"         {stats['direction']:>4} class {stats['rate']}: {stats['packets']} packets, "
+                          f"{stats['dropped']} dropped, {stats['overlimits']} overlimits")
         print(f"worst error {worst:.1f}% (target 5%)")
     finally:
         client.close()
@@ -173,13 +177,14 @@ def main():
     parser.add_argument("--clients", type=int, default=10000)
     parser.add_argument("--changes", type=int, default=200)
     parser.add_argument("--skip-rates", action="store_true")
+    parser.add_argument("--show-classes", action="store_true", help="print each class's counters after a rate")
     parser.add_argument("--skip-changes", action="store_true")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
     with tempfile.TemporaryDirectory() as workdir:
         if not args.skip_rates:
-            rate_accuracy([float(r) for r in args.rates.split(",")], args.seconds, workdir)
+            rate_accuracy([float(r) for r in args.rates.split(",")], args.seconds, workdir, args.show_classes)
         if not args.skip_changes:
             change_cost(args.clients, args.changes, workdir)
 

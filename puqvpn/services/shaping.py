@@ -49,7 +49,7 @@ L1_TABLE = 0x1
 L2_BASE = 0x100
 TCP_OVERHEAD = 52           # IPv4 20 + TCP 20 + timestamps 12
 QUEUE_SECONDS = 0.1         # leaf queue: 100 ms at the class rate...
-QUEUE_MIN_PACKETS = 16      # ...but never fewer packets than this
+QUEUE_MIN_BYTES = 2 * 65536  # ...but room for two GSO/GRO super-packets (see _class_params)
 BURST_SECONDS = 0.004       # HTB burst: 4 ms at rate, at least 2 packets
 IPSEC_MTU = 1400            # kernel-libipsec's default TUN MTU
 LEAF_QDISC = "bfifo"
@@ -89,7 +89,10 @@ def tc_rate(mbit, mtu):
 def _class_params(rate, mtu):
     per_second = rate / 8
     burst = max(2 * mtu, int(per_second * BURST_SECONDS))
-    queue = max(QUEUE_MIN_PACKETS * mtu, int(per_second * QUEUE_SECONDS))
+    # The qdisc sees TCP's GSO (and forwarded GRO) packets of up to 64 KiB before
+    # they are cut to the MTU; a byte queue smaller than that drops every one of them
+    # (a 1 Mbit/s limit then delivered 0.17 Mbit/s).
+    queue = max(QUEUE_MIN_BYTES, int(per_second * QUEUE_SECONDS))
     return burst, queue
 
 
