@@ -79,6 +79,22 @@ RULES = {
     "backups.file": "admin",
     "backups.now": "admin",
     "backups.restore": "admin",
+    # IKEv2: certificates and proposals are settings (admin); the CA certificate is public
+    # anyway and goes to clients; live sessions are read by all, dropped by operators
+    "ikev2.index": "admin",
+    "ikev2.generate_ca": "admin",
+    "ikev2.import_ca": "admin",
+    "ikev2.generate_server": "admin",
+    "ikev2.delete": "admin",
+    "ikev2.ca_pem": "operator",
+    "ikev2.ca_der": "operator",
+    "ikev2.ca_key": "admin",
+    "ikev2.settings_page": "admin",
+    "ikev2.reset_settings": "admin",
+    "ikev2.sessions": "viewer",
+    "ikev2.drop": "operator",
+    "ikev2.profile": "operator",
+    "diagnostics.interface": "operator",
     # the API, by token role
     "api.openapi": "public",
     "api.status": "token:viewer",
@@ -161,7 +177,7 @@ def seed(app):
         spare_token = tokens.create(db, "spare", "viewer")[0]
         values = {"interface_id": wg0["id"], "client_id": alice["id"], "user_id": ids["spare"],
                   "interface_name": "wg0", "name": "alice", "link_id": link_row["id"],
-                  "token_id": spare_token["id"], "token": "not-a-real-share-token", "kind": "sswan",
+                  "token_id": spare_token["id"], "token": "not-a-real-share-token", "kind": "sswan", "ike_id": 1,
                   "filename": "app.css"}
         return values, api_tokens, ids
     finally:

@@ -43,9 +43,9 @@ def scrub(text):
     return text
 
 
-def _clean(text, limit):
+def _clean(text, limit, secret_free=False):
     # One line, printable, bounded: the log is read in a table and may be exported.
-    text = scrub(text)
+    text = str(text) if secret_free else scrub(text)
     text = "".join(ch if ch.isprintable() else " " for ch in text)
     return text[:limit]
 
@@ -54,8 +54,11 @@ def record(db, actor, source_ip, action, target="", outcome="ok", detail=""):
     """Append one entry; returns its id. ``outcome`` is ok, denied or failed."""
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}")
-    row = {"at": now_iso(), "actor": _clean(actor or "anonymous", MAX_FIELD),
-           "source_ip": _clean(source_ip or "", 64), "action": _clean(action, MAX_FIELD),
+    # Who, where and what are names (``token:NAME`` is a token's name, not the token);
+    # the target (URL arguments, e.g. a share link's token) and the detail are scrubbed.
+    row = {"at": now_iso(), "actor": _clean(actor or "anonymous", MAX_FIELD, secret_free=True),
+           "source_ip": _clean(source_ip or "", 64, secret_free=True),
+           "action": _clean(action, MAX_FIELD, secret_free=True),
            "target": _clean(target or "", MAX_FIELD), "outcome": outcome,
            "detail": _clean(detail or "", MAX_DETAIL)}
     with transaction(db):

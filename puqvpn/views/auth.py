@@ -13,7 +13,7 @@ from flask import (Blueprint, Response, current_app, flash, g, redirect, render_
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 
 from ..db import get_db
-from ..services import throttle, totp, users
+from ..services import throttle, totp, users, validation
 from ..services.util import now_iso
 from ..services.validation import ValidationError
 
@@ -130,6 +130,18 @@ def _locked_message(until):
     return f"Too many failed logins. Try again in {minutes} minute{'s' if minutes != 1 else ''}."
 
 
+def _account_key(typed):
+    """The typed username, as the throttle and the audit log know it.
+
+    Something that cannot be a username (people do type a password there)
+    is not written down; such attempts share one throttle bucket.
+    """
+    try:
+        return validation.username(typed)
+    except validation.FieldError:
+        return "(not a valid username)"
+
+
 @bp.route("/login", methods=["GET", "POST"])
 @public
 def login():
@@ -138,7 +150,7 @@ def login():
         g.audit_done = True    # entries written here, with the typed username as the actor
         db = get_db()
         source = request.remote_addr or ""
-        username = (request.form.get("username") or "")[:64]
+        username = _account_key(request.form.get("username") or "")
         until = throttle.locked_until(db, source, username)
         if until:
             throttle.refused_while_locked(db, source, username)
