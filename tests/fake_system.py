@@ -108,19 +108,27 @@ class FakeSystem:
             for key, peer in state["peers"].items():
                 lines.append("\t".join([key, peer["psk"] or "(none)", peer.get("endpoint") or "(none)",
                                         ",".join(peer["allowed"]) or "(none)", str(peer.get("hs", 0)),
-                                        str(peer.get("rx", 0)), str(peer.get("tx", 0)), "off"]))
+                                        str(peer.get("rx", 0)), str(peer.get("tx", 0)),
+                                        str(peer.get("keepalive") or "off")]))
             return Result(0, "\n".join(lines) + "\n", "")
         if args[0] == "set":
             key = args[3]
             if args[4] == "remove":
                 state["peers"].pop(key, None)
                 return Result(0, "", "")
-            psk = input.strip() if args[5] == "/dev/stdin" else None
-            allowed = args[7].split(",")
-            for other in state["peers"].values():
-                other["allowed"] = [a for a in other["allowed"] if a not in allowed]
-            peer = state["peers"].setdefault(key, {"hs": 0, "rx": 0, "tx": 0})
-            peer.update(psk=psk, allowed=allowed)
+            options = dict(zip(args[4::2], args[5::2]))
+            peer = state["peers"].setdefault(key, {"hs": 0, "rx": 0, "tx": 0, "psk": None, "allowed": []})
+            if "preshared-key" in options:
+                peer["psk"] = input.strip() if options["preshared-key"] == "/dev/stdin" else None
+            if "allowed-ips" in options:
+                allowed = options["allowed-ips"].split(",")
+                for other in state["peers"].values():
+                    other["allowed"] = [a for a in other["allowed"] if a not in allowed]
+                peer["allowed"] = allowed
+            if "endpoint" in options:
+                peer["endpoint"] = options["endpoint"]
+            if "persistent-keepalive" in options:
+                peer["keepalive"] = int(options["persistent-keepalive"])
             return Result(0, "", "")
         if args[0] == "syncconf":
             return self.syncconf(name, input)

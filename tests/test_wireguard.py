@@ -208,6 +208,32 @@ def test_suspend_removes_the_peer_and_resume_restores_it(ctx, system, wg0):
     assert alice["public_key"] in system.wg["wg0"]["peers"]
 
 
+def test_resume_with_a_known_endpoint_makes_the_server_start_the_handshake(ctx, system, wg0):
+    alice = clients.create(ctx.db, {"interface": wg0["id"], "name": "alice"})
+    wireguard.interface_changed(ctx, wg0, rows(ctx, wg0))
+    ctx.db.execute("UPDATE clients SET endpoint = '198.51.100.7:41234' WHERE id = ?", [alice["id"]])
+    wireguard.client_changed(ctx, wg0, clients.suspend(ctx.db, alice["id"]))
+    system.clear_calls()
+    wireguard.client_changed(ctx, wg0, clients.resume(ctx.db, alice["id"]))
+    first, second = [a for a in system.commands() if a[0] == "wg"]
+    assert first[-4:] == ["endpoint", "198.51.100.7:41234", "persistent-keepalive", "1"]
+    assert second == ["wg", "set", "wg0", "peer", alice["public_key"], "persistent-keepalive", "0"]
+    assert system.wg["wg0"]["peers"][alice["public_key"]]["keepalive"] == 0, "left as the database wants it"
+
+
+@pytest.mark.parametrize("stored, expected", [
+    ("198.51.100.7:41234", "198.51.100.7:41234"),
+    ("[2001:db8::7]:51820", "[2001:db8::7]:51820"),
+    ("198.51.100.7", None),
+    ("host.example:51820", None),
+    ("198.51.100.7:0", None),
+    ("1.2.3.4:5 remove", None),
+    (None, None),
+])
+def test_only_a_well_formed_endpoint_is_used(stored, expected):
+    assert wireguard.last_endpoint({"endpoint": stored}) == expected
+
+
 def test_a_changed_client_address_moves_with_its_peer(ctx, system, wg0):
     alice = clients.create(ctx.db, {"interface": wg0["id"], "name": "alice"})
     wireguard.interface_changed(ctx, wg0, rows(ctx, wg0))

@@ -376,7 +376,32 @@ def set_peer(ctx, interface, client):
     argv = [_wg(ctx), "set", name, "peer", _key(client["public_key"]),
             "preshared-key", "/dev/stdin" if psk else "/dev/null",
             "allowed-ips", ",".join(peer_allowed_ips(client))]
+    endpoint = last_endpoint(client)
+    if endpoint:
+        # A resumed client still holds its old session, which the server
+        # forgot with the peer; it would only notice after 15 s of unanswered
+        # traffic.  Turning persistent keepalive on sends one keepalive at once,
+        # so the server starts the handshake itself (off again right after, so
+        # the live peer matches the database).
+        argv += ["endpoint", endpoint, "persistent-keepalive", "1"]
     run(ctx, argv, interface, input=(_key(psk) + "\n") if psk else None)
+    if endpoint:
+        run(ctx, [_wg(ctx), "set", name, "peer", client["public_key"], "persistent-keepalive", "0"], interface)
+
+
+def last_endpoint(client):
+    """The client's last endpoint as the poller saw it ('203.0.113.5:41234', '[2001:db8::5]:41234'), or None."""
+    value = client.get("endpoint")
+    if not value or not isinstance(value, str):
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return None
+    try:
+        address = ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+    except ValueError:
+        return None
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
 
 
 def remove_peer(ctx, interface, public_key):
