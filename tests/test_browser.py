@@ -53,7 +53,7 @@ def test_an_admin_sets_up_an_interface_and_clients(live_server, page, page_error
     page.fill("#f-ip", "10.8.0.1")
     page.click("#client-form button[type=submit]")
     # The gateway is refused; the error shows next to the field, the typed name is kept.
-    expect(page.locator("#e-ip")).to_have_text("that is the gateway address")
+    expect(page.locator("#f-ip + small#e-ip")).to_have_text("that is the gateway address")
     expect(page.locator("#f-ip")).to_have_attribute("aria-invalid", "true")
     expect(page.locator("#f-name")).to_have_value("bob")
     snap(page, "04-client-form-error")
@@ -87,10 +87,11 @@ def test_an_admin_sets_up_an_interface_and_clients(live_server, page, page_error
     expect(page.locator("h1")).to_contain_text("alice")
     qr = page.locator("img#qr")
     expect(qr).to_be_visible()
-    page.wait_for_function("document.getElementById('qr').complete")
-    width, height = page.evaluate("[document.getElementById('qr').naturalWidth,"
-                                  " document.getElementById('qr').naturalHeight]")
+    # decode() waits for the image and fails if it cannot be loaded or drawn.
+    width, height = qr.evaluate("img => img.decode().then(() => [img.naturalWidth, img.naturalHeight])")
     assert width > 100 and height == width
+    svg = page.request.get(qr.evaluate("img => img.src"))
+    assert svg.headers["content-type"].startswith("image/svg+xml")
     snap(page, "06-client-page")
 
     # The .conf downloads under a name the WireGuard apps accept as a tunnel name.
@@ -170,7 +171,7 @@ def test_forms_work_without_javascript(live_server, browser, tmp_path):
         page.fill("#f-name", "carol")
         page.fill("#f-ip", "10.9.0.7")
         page.click("#client-form button[type=submit]")
-        expect(page.locator("#e-ip")).to_have_text("must be inside the pool 10.8.0.0/24")
+        expect(page.locator("#f-ip + small#e-ip")).to_have_text("must be inside the pool 10.8.0.0/24")
         expect(page.locator("#f-name")).to_have_value("carol")
         snap(page, "nojs-01-client-form-error")
 
