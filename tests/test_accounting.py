@@ -283,3 +283,43 @@ def test_nothing_is_read_when_the_system_is_off(db, setup):
     ctx = context(db, wg.runner, SYSTEM_APPLY="0")
     assert accounting.poll(ctx, now=NOW) == {"clients": 0, "suspended": [], "resumed": []}
     assert wg.runner.calls == []
+
+
+# -- charts ---------------------------------------------------------------------------------
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def test_daily_and_monthly_charts_are_svg_with_one_bar_per_busy_period(db, setup):
+    import xml.etree.ElementTree as ElementTree
+
+    from puqvpn.services import charts
+
+    _interface, alice, _bob = setup
+    ctx = context(db, FakeRunner())
+    for day, reading in ((2, 3_000_000), (3, 4_000_000), (4, 9_000_000)):
+        accounting.record(ctx, [accounting.Sample(alice["id"], "wg:1", reading // 3, reading)],
+                          now=calendar.timegm((2026, 12, day, 12, 0, 0)))
+    daily = ElementTree.fromstring(charts.client_daily_chart(db, alice["id"], today=datetime.date(2026, 12, 4)))
+    downloads = [r for r in daily.iter(f"{SVG}rect") if r.get("class") == "chart-down"]
+    assert len(downloads) == 3 + 1                       # three busy days and the legend swatch
+    tips = [t.text for t in daily.iter(f"{SVG}title")]
+    assert "12-04: 5.0 MB down, 1.7 MB up" in tips
+    monthly = ElementTree.fromstring(charts.client_monthly_chart(db, alice["id"], today=datetime.date(2026, 12, 4)))
+    assert "26-12: 9.0 MB down, 3.0 MB up" in [t.text for t in monthly.iter(f"{SVG}title")]
+
+
+def test_chart_text_is_escaped_and_an_empty_chart_says_so():
+    import xml.etree.ElementTree as ElementTree
+
+    from puqvpn.services import charts
+
+    hostile = '<script>alert("x")</script>'
+    svg = charts.bar_chart([{"period": hostile, "rx": 5, "tx": 7}], hostile)
+    assert "<script>" not in svg
+    root = ElementTree.fromstring(svg)
+    assert hostile in [t.text for t in root.iter(f"{SVG}text")]       # shown as text, not run
+    empty = ElementTree.fromstring(charts.bar_chart([], "Nothing"))
+    assert "no traffic yet" in [t.text for t in empty.iter(f"{SVG}text")]
+    assert charts.format_bytes(999) == "999 B" and charts.format_bytes(1_234_567) == "1.2 MB"
+    assert charts.format_bytes(250 * 10**9) == "250 GB"
