@@ -178,6 +178,11 @@ stop_everything() {
 
 uninstall() {
   stop_everything
+  if [[ $ACTION == purge && -x $VENV/bin/puqvpn && -f $CONF ]]; then
+    step "Taking the panel's WireGuard interfaces and firewall table off the system"
+    PUQVPN_CONFIG=$CONF "$VENV/bin/puqvpn" teardown --yes 2>&1 | sed 's/^/    /' \
+      || warn "some could not be taken down; they go at the next reboot"
+  fi
   step "Removing the app ($APP_DIR), the service file and the puqvpn command"
   rm -f "$UNIT_FILE" "$WRAPPER"
   if has_systemd; then systemctl daemon-reload || true; fi
@@ -189,7 +194,10 @@ uninstall() {
   else
     info "Kept: the data in $DATA_DIR and the settings in $CONF_DIR (remove them with --purge)."
   fi
-  info "WireGuard interfaces and firewall rules the panel set up stay until the next reboot."
+  if [[ $ACTION != purge ]]; then
+    info "The WireGuard tunnels keep running until the next reboot (clients stay connected);"
+    info "reinstalling takes them over again.  --purge takes them down."
+  fi
   printf '\npuqvpn is uninstalled.\n'
 }
 

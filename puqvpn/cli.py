@@ -228,6 +228,43 @@ def apply_command(env):
     click.echo("The live system matches the database.")
 
 
+@cli.command("teardown")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_env
+def teardown(env, yes):
+    """Take the panel's tunnels and firewall table off the live system; the data stays.
+
+    `install.sh --purge` runs this before it deletes the data; `puqvpn apply`
+    brings everything back.
+    """
+    from .services import apply
+    from .services.system import CommandError
+
+    if not env.settings.bool("SYSTEM_APPLY"):
+        click.echo("SYSTEM_APPLY is 0: the panel leaves the live system alone; nothing to do.")
+        return
+    names = [row["name"] for row in env.db.query("SELECT name FROM interfaces ORDER BY name")]
+    if not yes:
+        click.confirm(f"Take down {', '.join(names) or 'no interfaces'} and the firewall table? "
+                      "Every client is disconnected", abort=True)
+    ctx = env.context()
+    failed = []
+    for row in env.db.query("SELECT * FROM interfaces ORDER BY name"):
+        try:
+            apply.interface_removed(ctx, row)
+            click.echo(f"{row['name']}: taken down")
+        except CommandError as e:
+            failed.append(f"{row['name']}: {e}")
+    table = env.settings["NFT_TABLE"]
+    result = ctx.runner.run([env.settings["NFT_BIN"], "delete", "table", "inet", table], check=False)
+    if result.returncode == 0:
+        click.echo(f"nftables table inet {table} removed")
+    for line in failed:
+        click.echo(line, err=True)
+    if failed:
+        raise click.ClickException(f"{len(failed)} interface(s) could not be taken down")
+
+
 @cli.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_env

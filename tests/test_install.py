@@ -300,10 +300,22 @@ def test_install_log_in_upgrade_and_uninstall_on_a_fresh_debian_12(rootfs):
         assert database_rows(rootfs, "SELECT username FROM users") == [("owner",)]
         assert (rootfs / "etc/puqvpn/puqvpn.conf").exists()
 
-        # 5. --purge takes the data too.
+        # Uninstalling keeps the tunnels up until a reboot: clients stay connected.
+        assert ns.run(["ip", "-o", "link", "show", "wg0"]).stdout.split(":")[0] == tunnel
+
+        # 5. --purge takes the data too, and the tunnels and firewall table with it.
+        # Reinstall first (pip needs the network; --no-start touches no network state).
+        started = time.monotonic()
+        again = run(in_chroot(rootfs, "bash", "/root/puqvpn/install.sh", "--no-start"))
+        timings["reinstall after --uninstall"] = time.monotonic() - started
+        assert "puqvpn is installed: upgrading it" not in again.stdout     # the app was gone
+        assert "accounts exist already: none created" in again.stdout      # the data was not
         purged = ns.run(in_chroot(rootfs, "bash", "/root/puqvpn/install.sh", "--purge"), timeout=120)
+        assert "wg0: taken down" in purged.stdout
         assert "Removing the data" in purged.stdout
         assert not (rootfs / "var/lib/puqvpn").exists() and not (rootfs / "etc/puqvpn").exists()
+        assert ns.run(["ip", "link", "show", "wg0"], check=False).returncode != 0
+        assert "puqvpn" not in ns.run(["nft", "list", "tables"]).stdout
 
     for what, seconds in timings.items():
         print(f"{what}: {seconds:.1f} s")
