@@ -121,6 +121,17 @@ def test_an_admin_sets_up_an_interface_and_clients(live_server, page, page_error
     expect(page.locator("button:has-text('Resume')")).to_be_visible()
     snap(page, "07-client-suspended")
 
+    # Edit a limit: it reads back as typed, not as the database's 20.0.
+    page.click(".actions >> text=Edit")
+    page.fill("#f-down_mbit", "20")
+    page.click("#client-form button[type=submit]")
+    expect(page.locator(".facts")).to_contain_text("↓ 20 Mbit/s · ↑ unlimited")
+    page.click(".actions >> text=Edit")
+    expect(page.locator("#f-down_mbit")).to_have_value("20")
+    snap(page, "07b-client-edit")
+    page.click("#client-form >> text=Cancel")
+    expect(page.locator("h1")).to_contain_text("alice")
+
     # Delete bob through the confirmation page.
     page.click("nav >> text=Clients")
     page.click("#client-table >> text=bob")

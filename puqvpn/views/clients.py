@@ -101,6 +101,8 @@ def edit(client_id):
         flash(f"Client {data['name']} saved.", "success")
         return redirect(url_for("clients.show", client_id=client_id))
     values = dict(client, password="")
+    for name in ("down_mbit", "up_mbit", "quota_gb"):
+        values[name] = f"{client[name]:g}"      # 20, not the REAL column's 20.0
     return render("clients/form.html", client=client, values=values, errors={}, interfaces=[interface])
 
 

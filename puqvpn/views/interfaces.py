@@ -81,7 +81,10 @@ def edit(interface_id):
         apply_live("interface_changed", interface_id)
         flash(f"Interface {interface['name']} saved.", "success")
         return redirect(url_for("interfaces.show", interface_id=interface_id))
-    return render("interfaces/form.html", interface=interface, values=interface, errors={})
+    values = dict(interface)
+    for name in ("default_down_mbit", "default_up_mbit"):
+        values[name] = f"{interface[name]:g}"   # 20, not the REAL column's 20.0
+    return render("interfaces/form.html", interface=interface, values=values, errors={})
 
 
 @bp.route("/<int:interface_id>/enable", methods=["POST"])
