@@ -55,8 +55,18 @@ IPSEC_MTU = 1400            # kernel-libipsec's default TUN MTU
 LEAF_QDISC = "bfifo"
 
 
-class ShapingError(Exception):
-    """A limit cannot be expressed on this device; the message says why."""
+class ShapingError(CommandError):
+    """A limit cannot be expressed on this device; the message says why.
+
+    A CommandError, so apply and the views handle it like a failed command.
+    """
+
+    def __init__(self, message):
+        self.argv, self.returncode, self.stderr, self.reason = [], None, "", message
+        Exception.__init__(self, message)
+
+    def describe(self):
+        return self.reason
 
 
 # -- naming ------------------------------------------------------------------

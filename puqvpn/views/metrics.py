@@ -1,0 +1,114 @@
+"""Prometheus metrics at /metrics, for a scraper holding METRICS_TOKEN.
+
+``Authorization: Bearer <METRICS_TOKEN>``; with the setting empty the
+endpoint does not exist (404).  Per client: lifetime rx/tx bytes, online and
+suspended state; per interface: totals, clients, online clients, pending
+apply; the panel itself: background jobs, backends, database size.
+"""
+
+import hmac
+import os
+import time
+
+from flask import Blueprint, Response, abort, request
+
+from .. import jobs
+from ..db import get_db
+from ..services import accounting
+from . import status_panels
+from ._common import context, settings
+from .auth import public
+
+bp = Blueprint("metrics", __name__)
+
+STATES = {"ok": 1, "warn": 0.5, "down": 0}
+
+
+def _label(value):
+    """A label value in the exposition format: backslash, quote and newline escaped."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class Exposition:
+    def __init__(self):
+        self.lines = []
+
+    def family(self, name, kind, help_text, samples):
+        """samples: [(labels dict, value)]."""
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            text = ",".join(f'{key}="{_label(val)}"' for key, val in labels.items())
+            self.lines.append(f"{name}{{{text}}} {value}" if text else f"{name} {value}")
+
+    def text(self):
+        return "\n".join(self.lines) + "\n"
+
+
+def render_metrics(db, config, job_list, panels, now):
+    out = Exposition()
+    timeout = int(config.get("ONLINE_TIMEOUT", 180))
+    rows = list(db.query("SELECT c.name, c.rx_bytes, c.tx_bytes, c.last_handshake, c.suspended_reason, "
+                         "c.period_rx_bytes, c.period_tx_bytes, i.name AS interface "
+                         "FROM clients c JOIN interfaces i ON i.id = c.interface_id ORDER BY i.name, c.name"))
+
+    def per_client(value):
+        return [({"interface": r["interface"], "client": r["name"]}, value(r)) for r in rows]
+
+    out.family("puqvpn_client_rx_bytes_total", "counter",
+               "Bytes the server received from the client (its upload), lifetime.", per_client(lambda r: r["rx_bytes"]))
+    out.family("puqvpn_client_tx_bytes_total", "counter",
+               "Bytes the server sent to the client (its download), lifetime.", per_client(lambda r: r["tx_bytes"]))
+    out.family("puqvpn_client_period_bytes", "gauge", "Bytes both ways in the current quota period.",
+               per_client(lambda r: r["period_rx_bytes"] + r["period_tx_bytes"]))
+    out.family("puqvpn_client_online", "gauge", "1 if the client handshook within ONLINE_TIMEOUT.",
+               per_client(lambda r: int(accounting.is_online(r, now, timeout))))
+    out.family("puqvpn_client_suspended", "gauge", "1 if the client is suspended (reason: admin, expired or quota).",
+               [({"interface": r["interface"], "client": r["name"], "reason": r["suspended_reason"] or ""},
+                 int(bool(r["suspended_reason"]))) for r in rows])
+
+    interfaces = accounting.interface_totals(db)
+    online = accounting.online_counts(db, config, now)["by_interface"]
+    pending = {r["name"]: int(r["apply_error"] is not None) for r in db.query("SELECT name, apply_error FROM interfaces")}
+    out.family("puqvpn_interface_rx_bytes_total", "counter", "Bytes received from all clients of the interface.",
+               [({"interface": i["name"]}, i["rx"]) for i in interfaces])
+    out.family("puqvpn_interface_tx_bytes_total", "counter", "Bytes sent to all clients of the interface.",
+               [({"interface": i["name"]}, i["tx"]) for i in interfaces])
+    out.family("puqvpn_interface_clients", "gauge", "Clients on the interface.",
+               [({"interface": i["name"]}, i["clients"]) for i in interfaces])
+    out.family("puqvpn_interface_online_clients", "gauge", "Clients online on the interface.",
+               [({"interface": i["name"]}, online.get(i["name"], 0)) for i in interfaces])
+    out.family("puqvpn_interface_apply_pending", "gauge", "1 if a change could not be applied live yet.",
+               [({"interface": name}, value) for name, value in sorted(pending.items())])
+
+    out.family("puqvpn_up", "gauge", "The panel answers.", [({}, 1)])
+    out.family("puqvpn_backend_state", "gauge", "Backend health from the dashboard: 1 ok, 0.5 warning, 0 down.",
+               [({"backend": p["title"]}, STATES.get(p.get("state"), 0)) for p in panels])
+    out.family("puqvpn_job_runs_total", "counter", "Background job runs.",
+               [({"job": j.name}, j.runs) for j in job_list])
+    out.family("puqvpn_job_failures_total", "counter", "Background job runs that failed.",
+               [({"job": j.name}, j.failures) for j in job_list])
+    out.family("puqvpn_job_last_run_timestamp_seconds", "gauge", "Unix time of the job's last run.",
+               [({"job": j.name}, round(j.last_run, 3)) for j in job_list])
+    out.family("puqvpn_job_last_duration_seconds", "gauge", "How long the job's last run took.",
+               [({"job": j.name}, round(j.last_duration, 6)) for j in job_list])
+    try:
+        size = os.path.getsize(config["DATABASE"])
+    except OSError:
+        size = 0
+    out.family("puqvpn_database_size_bytes", "gauge", "Size of the SQLite database file.", [({}, size)])
+    return out.text()
+
+
+@bp.route("/metrics")
+@public
+def metrics():
+    token = settings().get("METRICS_TOKEN", "")
+    if not token:
+        abort(404)
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        return Response("a valid bearer token is required\n", 401, {"WWW-Authenticate": 'Bearer realm="metrics"'},
+                        mimetype="text/plain")
+    body = render_metrics(get_db(), settings(), list(jobs.JOBS), status_panels.collect(context()), time.time())
+    return Response(body, mimetype="text/plain; version=0.0.4")
