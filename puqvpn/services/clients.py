@@ -42,6 +42,11 @@ def for_interface(db, interface_id):
     return list(db.query("SELECT * FROM clients WHERE interface_id = ? ORDER BY ip_int", [interface_id]))
 
 
+def _given(value):
+    """Whether a field was filled in; its own check (which may refuse it) comes later."""
+    return value is not None and bool(str(value).strip(" \t"))
+
+
 def _pool(interface):
     return ipaddress.IPv4Interface(interface["address"])
 
@@ -132,7 +137,7 @@ def _clean(db, interface, data, current=None):
                                        1, 28, "the reset day"),
         "note": check.field("note", validation.note, merged.get("note")),
     }
-    if validation._text(merged.get("ip")):
+    if _given(merged.get("ip")):
         clean["ip"] = check.field("ip", _check_ip, db, interface, merged["ip"], client_id)
     elif current is None:
         free = free_ips(db, interface)
@@ -143,12 +148,13 @@ def _clean(db, interface, data, current=None):
         check.error("ip", "an address is required")
     if "ip6" in data or current is None:
         clean["ip6"] = check.field("ip6", _check_ip6, db, interface, merged.get("ip6"), client_id)
-        if current is None and clean["ip6"] is None and not validation._text(merged.get("ip6")) and clean["ip"]:
+        if current is None and clean["ip6"] is None and not _given(merged.get("ip6")) and clean["ip"]:
             clean["ip6"] = _auto_ip6(db, interface, clean["ip"])
     username = merged.get("username") or (clean["name"] if current is None else None)
     clean["username"] = check.field("username", validation.username, username)
-    if current is None or validation._text(data.get("password")):
-        password = validation._text(merged.get("password")) if current is None else data.get("password")
+    if current is None or _given(data.get("password")):
+        password = (merged.get("password") if _given(merged.get("password")) else None) if current is None \
+            else data.get("password")
         clean["password"] = check.field("password", validation.password, password or generate_password())
     if clean["name"]:
         other = next(db.query("SELECT 1 FROM clients WHERE name = ? AND id IS NOT ?", [clean["name"], client_id]), None)
@@ -181,9 +187,12 @@ def _create_once(db, data):
         if interface is None:
             raise ValidationError({"interface": "choose an existing interface"})
         clean = _clean(db, interface, data)
-        private = validation._text(data.get("private_key"))
-        if private:
-            private = validation.wg_key(private)
+        private = data.get("private_key")
+        if _given(private):
+            try:
+                private = validation.wg_key(private)
+            except FieldError as error:
+                raise ValidationError({"private_key": str(error)}) from None
         else:
             private = keys.generate_private_key()
         stamp = now_iso()
