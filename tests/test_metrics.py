@@ -69,3 +69,43 @@ def test_clients_interfaces_and_panel_health(metrics_app):
 def test_label_values_are_escaped():
     from puqvpn.views.metrics import _label
     assert _label('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
+
+
+# -- the traffic panels of the pages ----------------------------------------------------------
+
+def _traffic(db, client, rx, tx):
+    from puqvpn import settings as settings_module
+    ctx = Context(db, settings_module.load(environ={}), FakeRunner())
+    accounting.record(ctx, [accounting.Sample(client["id"], "wg:1", rx, tx, int(time.time()))])
+
+
+def test_client_page_charts_are_inline_svg(logged_in, db, make_client):
+    alice = make_client("alice")
+    _traffic(db, alice, 2_000_000, 9_000_000)
+    page = logged_in.client.get(f"/traffic/clients/{alice['id']}", headers={"HX-Request": "true"})
+    text = page.get_data(as_text=True)
+    assert page.status_code == 200 and text.count("<svg") == 2
+    assert "Traffic by day, last 30 days" in text and "9.0 MB down, 2.0 MB up" in text
+    image = logged_in.client.get(f"/traffic/clients/{alice['id']}/month.svg")
+    assert image.mimetype == "image/svg+xml" and b"Traffic by month" in image.data
+    assert logged_in.client.get("/traffic/clients/999/day.svg").status_code == 404
+
+
+def test_dashboard_panel_shows_totals_online_and_top_clients(logged_in, db, make_client):
+    alice, bob = make_client("alice"), make_client("bob")
+    _traffic(db, alice, 1000, 3_000_000)
+    _traffic(db, bob, 10, 20)
+    text = logged_in.client.get("/traffic/dashboard", headers={"HX-Request": "true"}).get_data(as_text=True)
+    assert 'id="top-clients"' in text
+    assert text.index(">alice<") < text.index(">bob<")
+    assert '<span id="online-count">2</span> of 2 active clients' in text
+
+
+def test_interface_classes_panel_without_a_live_system(logged_in, wg0):
+    text = logged_in.client.get(f"/traffic/interfaces/{wg0['id']}/classes").get_data(as_text=True)
+    assert "kept off the live system" in text
+
+
+def test_traffic_panels_need_a_login(client, wg0):
+    assert client.get(f"/traffic/interfaces/{wg0['id']}/classes").status_code in (302, 401)
+    assert client.get("/traffic/dashboard").status_code in (302, 401)

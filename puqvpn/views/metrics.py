@@ -1,4 +1,9 @@
-"""Prometheus metrics at /metrics, for a scraper holding METRICS_TOKEN.
+"""Prometheus metrics at /metrics, and the traffic panels of the dashboard, client and interface pages.
+
+The panels (``/traffic/...``) are htmx partials; each page includes a
+placeholder from templates/metrics/ that loads one.
+
+Metrics: for a scraper holding METRICS_TOKEN.
 
 ``Authorization: Bearer <METRICS_TOKEN>``; with the setting empty the
 endpoint does not exist (404).  Per client: lifetime rx/tx bytes, online and
@@ -11,13 +16,14 @@ import os
 import time
 
 from flask import Blueprint, Response, abort, request
+from markupsafe import Markup
 
 from .. import jobs
 from ..db import get_db
 from ..services import accounting
 from . import status_panels
-from ._common import context, settings
-from .auth import public
+from ._common import context, render, settings
+from .auth import public, role
 
 bp = Blueprint("metrics", __name__)
 
@@ -112,3 +118,57 @@ def metrics():
                         mimetype="text/plain")
     body = render_metrics(get_db(), settings(), list(jobs.JOBS), status_panels.collect(context()), time.time())
     return Response(body, mimetype="text/plain; version=0.0.4")
+
+
+# -- traffic panels for the dashboard, the client page and the interface page ----------------
+# Each page includes a small placeholder (templates/metrics/_*.html) that loads these with htmx.
+
+@bp.route("/traffic/clients/<int:client_id>/<any(day, month):kind>.svg")
+@role("viewer")
+def client_chart(client_id, kind):
+    from ..services import charts
+    db = get_db()
+    if next(db.query("SELECT 1 FROM clients WHERE id = ?", [client_id]), None) is None:
+        abort(404)
+    chart = charts.client_daily_chart if kind == "day" else charts.client_monthly_chart
+    return Response(chart(db, client_id), mimetype="image/svg+xml")
+
+
+@bp.route("/traffic/clients/<int:client_id>")
+@role("viewer")
+def client_charts(client_id):
+    from ..services import charts
+    db = get_db()
+    client = next(db.query("SELECT * FROM clients WHERE id = ?", [client_id]), None)
+    if client is None:
+        abort(404)
+    return render("metrics/client_charts.html", client=client,
+                  daily=Markup(charts.client_daily_chart(db, client_id)),
+                  monthly=Markup(charts.client_monthly_chart(db, client_id)))
+
+
+@bp.route("/traffic/interfaces/<int:interface_id>/classes")
+@role("viewer")
+def interface_classes(interface_id):
+    from ..services import shaping
+    from ..services.system import CommandError
+    db = get_db()
+    interface = next(db.query("SELECT * FROM interfaces WHERE id = ?", [interface_id]), None)
+    if interface is None:
+        abort(404)
+    clients = list(db.query("SELECT * FROM clients WHERE interface_id = ?", [interface_id]))
+    error = None
+    try:
+        rows = shaping.class_counters(context(), interface, clients)
+    except CommandError as failure:
+        rows, error = [], str(failure)
+    return render("metrics/interface_classes.html", interface=interface, rows=rows, error=error,
+                  live=settings().bool("SYSTEM_APPLY"))
+
+
+@bp.route("/traffic/dashboard")
+@role("viewer")
+def dashboard_traffic():
+    db = get_db()
+    return render("metrics/dashboard_traffic.html", totals=accounting.totals(db),
+                  top=accounting.top_clients(db, limit=10), online=accounting.online_counts(db, settings()))
