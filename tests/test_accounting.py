@@ -146,6 +146,7 @@ def test_online_state_and_endpoint_follow_the_handshake(db, setup):
 
 def test_ikev2_sas_are_counted_per_sa_and_tolerated_when_missing(db, setup, monkeypatch):
     interface, alice, _bob = setup
+    db.conn.execute("UPDATE interfaces SET ikev2_enabled = 1")
     wg = FakeWireGuard(interface)
     ctx = context(db, wg.runner)
     sas = []
@@ -175,6 +176,32 @@ def test_ikev2_sas_are_counted_per_sa_and_tolerated_when_missing(db, setup, monk
     accounting.poll(ctx, now=NOW + 90)
     assert totals_of(db, alice["id"]) == (660, 990)
     assert db.conn.execute("SELECT COUNT(*) FROM counters WHERE source LIKE 'ike:%'").fetchone()[0] == 1
+
+
+def test_child_sas_are_read_from_charon_one_source_per_sa(db, setup, monkeypatch):
+    from puqvpn.services import strongswan
+
+    interface, alice, bob = setup
+    db.conn.execute("UPDATE interfaces SET ikev2_enabled = 1")
+
+    class Session:
+        """What vici.Session.list_sas yields: str keys, bytes values, one dict per IKE SA."""
+
+        transport = None
+
+        def list_sas(self):
+            yield {strongswan.names(alice["id"])["conn"]: {
+                "state": b"ESTABLISHED", "remote-host": b"198.51.100.7", "remote-eap-id": b"alice",
+                "child-sas": {"c-1": {"spi-in": b"c1a2b3c4", "bytes-in": b"1500", "bytes-out": b"9000"},
+                              "c-2": {"spi-in": b"d5e6f7a8", "bytes-in": b"10", "bytes-out": b"20"}}}}
+            yield {"puqvpn-probe": {"state": b"CONNECTING", "child-sas": {}}}
+
+    monkeypatch.setattr(strongswan, "open_session", lambda ctx: Session())
+    readings = accounting.child_sa_readings(context(db, FakeRunner()))
+    assert [(r["client_id"], r["key"], r["rx"], r["tx"]) for r in readings] == [
+        (alice["id"], "c1a2b3c4", 1500, 9000), (alice["id"], "d5e6f7a8", 10, 20)]
+    accounting.poll(context(db, FakeWireGuard(interface).runner), now=NOW)
+    assert totals_of(db, alice["id"]) == (1510, 9020) and totals_of(db, bob["id"]) == (0, 0)
 
 
 @pytest.fixture

@@ -1,9 +1,8 @@
 """Traffic accounting: counters -> lifetime totals, period (quota) totals, hourly and daily buckets.
 
 The background job calls ``poll(ctx)`` every POLL_INTERVAL seconds.  It reads
-one ``wg show <if> dump`` per enabled interface and the IKEv2 child SAs that
-``strongswan.traffic_samples(ctx)`` reports (skipped while that module or
-charon is unavailable), then ``record()`` adds the deltas in one transaction
+one ``wg show <if> dump`` per enabled interface and, when an interface has
+IKEv2 on, charon's child SAs over VICI (skipped while charon is down), then ``record()`` adds the deltas in one transaction
 and ``check_limits()`` suspends clients over their quota or past their expiry.
 
 Counter resets.  The ``counters`` table keeps the last reading per
@@ -87,21 +86,58 @@ def wireguard_samples(ctx, now):
     return samples, zeroed
 
 
-def ikev2_samples(ctx, now):
-    """Readings of the IKEv2 child SAs, or None when they cannot be read (no module, charon down).
+def _text(value):
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
-    Expects ``strongswan.traffic_samples(ctx)`` to return dicts
-    {username, key, rx, tx, remote}: ``key`` unique per child SA (its
-    inbound SPI, say, so a new SA after a charon restart never reuses one),
-    ``rx`` the bytes the server received, ``tx`` the bytes it sent.
+
+def child_sa_readings(ctx):
+    """One reading per established child SA, straight from charon's list_sas over VICI.
+
+    [{client_id, username, key, rx, tx, remote}]: ``key`` is the child SA's
+    inbound SPI, random per SA, so a rekey or a charon restart never reuses
+    one; ``rx`` is bytes-in (the client's upload), ``tx`` bytes-out.
+    Raises when charon cannot be reached.
+    """
+    from . import strongswan
+
+    session = strongswan.open_session(ctx)
+    try:
+        listing = list(session.list_sas())
+    finally:
+        try:
+            session.transport.socket.close()
+        except (AttributeError, OSError):
+            pass
+    readings = []
+    for entry in listing:
+        for name, ike in entry.items():
+            if _text(ike.get("state")) != "ESTABLISHED":
+                continue
+            client_id = strongswan.client_id_of(_text(name))
+            username = _text(ike.get("remote-eap-id") or ike.get("remote-id"))
+            for child in (ike.get("child-sas") or {}).values():
+                readings.append({"client_id": client_id, "username": username,
+                                 "key": _text(child.get("spi-in")) or f"u{_text(child.get('uniqueid'))}",
+                                 "rx": int(_text(child.get("bytes-in", 0)) or 0),
+                                 "tx": int(_text(child.get("bytes-out", 0)) or 0),
+                                 "remote": _text(ike.get("remote-host"))})
+    return readings
+
+
+def ikev2_samples(ctx, now):
+    """Readings of the IKEv2 child SAs, or None when they cannot be read (no IKEv2, charon down).
+
+    Uses ``strongswan.traffic_samples(ctx)`` if that module offers it, else
+    reads charon directly (``child_sa_readings``).  Either way an entry names
+    its client by ``client_id`` or ``username``.
     """
     try:
         from . import strongswan
     except ImportError:
         return None
-    reader = getattr(strongswan, "traffic_samples", None)
-    if reader is None:
+    if not any(True for _ in ctx.db.query("SELECT 1 FROM interfaces WHERE ikev2_enabled AND enabled LIMIT 1")):
         return None
+    reader = getattr(strongswan, "traffic_samples", None) or child_sa_readings
     try:
         entries = reader(ctx)
     except Exception as error:  # charon down, socket missing, VICI error: try again next poll
@@ -110,10 +146,10 @@ def ikev2_samples(ctx, now):
     by_user = {row[0]: row[1] for row in ctx.db.conn.execute("SELECT username, id FROM clients")}
     samples = []
     for entry in entries or []:
-        client_id = by_user.get(entry.get("username"))
+        client_id = entry.get("client_id") or by_user.get(entry.get("username"))
         if client_id is None:
             continue
-        samples.append(Sample(client_id, f"ike:{entry['key']}", int(entry.get("rx") or 0),
+        samples.append(Sample(int(client_id), f"ike:{entry['key']}", int(entry.get("rx") or 0),
                               int(entry.get("tx") or 0), int(now), entry.get("remote")))
     return samples
 
