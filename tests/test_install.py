@@ -75,6 +75,15 @@ def test_piped_into_bash_without_a_source_it_says_where_the_source_must_come_fro
     assert "==> [3]" not in result.stdout   # it stopped before installing anything
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the installer checks for root first")
+def test_a_source_that_is_not_puqvpn_is_refused(tmp_path):
+    missing = installer("--source", str(tmp_path / "nowhere"), stdin=INSTALL_SH.read_text(), script=False)
+    assert missing.returncode == 1 and "no such folder" in missing.stderr
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "something-else"\n')
+    other = installer("--source", str(tmp_path), stdin=INSTALL_SH.read_text(), script=False)
+    assert other.returncode == 1 and "is not a puqvpn source tree" in other.stderr
+
+
 # ------------------------------------------------------- the full install
 
 
@@ -230,12 +239,13 @@ def test_install_log_in_upgrade_and_uninstall_on_a_fresh_debian_12(rootfs):
         assert verify.returncode == 0, verify.stderr
 
     with Netns("pqinst") as ns:
-        # 2. The same command again, now inside a private network namespace
-        # (offline): everything is in place, so it only starts the daemons.
+        # 2. Start it as after a reboot, inside a private network namespace:
+        # without systemd the installer itself starts charon and the panel.
         started = time.monotonic()
-        second = ns.run(in_chroot(rootfs, "bash", "/root/puqvpn/install.sh"), timeout=300)
-        timings["re-run that starts the panel and charon"] = time.monotonic() - started
+        second = ns.run(in_chroot(rootfs, "bash", "/opt/puqvpn/install.sh", "--start"), timeout=300)
+        timings["--start (charon and the panel)"] = time.monotonic() - started
         assert "systemd is not running" in second.stdout
+        assert "started charon" in second.stdout and "started panel" in second.stdout
         assert "the panel answers" in second.stdout
         assert "sudo /opt/puqvpn/install.sh --start" in second.stdout   # what to do after a reboot
         assert "Password:" not in second.stdout                        # printed once only
@@ -265,7 +275,8 @@ def test_install_log_in_upgrade_and_uninstall_on_a_fresh_debian_12(rootfs):
         }
         old_panel = panel_pid(rootfs)
 
-        # 3. Running the installer again upgrades in place and keeps everything.
+        # 3. Running the installer again (offline: nothing new to fetch) upgrades
+        # in place and keeps everything.
         started = time.monotonic()
         third = ns.run(in_chroot(rootfs, "bash", "/root/puqvpn/install.sh"), timeout=300)
         timings["upgrade re-run"] = time.monotonic() - started
