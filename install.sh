@@ -525,7 +525,9 @@ install_service() {
 start_services() {
   if has_systemd; then
     step "Starting strongSwan and the panel"
-    systemctl restart strongswan.service || warn "strongswan.service did not start: IKEv2 will not work (journalctl -u strongswan)"
+    # Started if stopped, never restarted: that would drop every IKEv2 session.
+    systemctl start strongswan.service || warn "strongswan.service did not start: IKEv2 will not work (journalctl -u strongswan)"
+    # The panel restarts on the new code; the tunnels stay up (KillMode=process).
     systemctl restart puqvpn.service
   else
     step "Starting charon and the panel (no systemd)"

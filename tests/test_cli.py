@@ -182,3 +182,13 @@ def test_the_same_commands_under_flask(config, tmp_path):
     with app.app_context():
         from puqvpn.db import get_db
         assert users.verify(get_db(), "carol", printed_password(result.output))
+
+
+def test_backup_to_stdout_for_piping_elsewhere(run, tmp_path):
+    from puqvpn.services import backup
+    run("create-admin", "alice")
+    result = run("backup", "-o", "-", "--without-traffic")
+    assert result.exit_code == 0
+    copy = tmp_path / "piped.tar.gz"
+    copy.write_bytes(result.stdout_bytes)
+    assert backup.validate(copy)["with_traffic"] is False
