@@ -48,9 +48,9 @@ def listed(scale, **params):
     assert response.status_code == 200
     html = response.get_data(as_text=True)
     names = re.findall(r'<tr id="client-\d+">\s*<td><a href="/clients/\d+">([^<]+)</a>', html)
-    total = int(re.search(r"(\d+) client\(s\)", html).group(1))
-    pager = re.search(r"Page (\d+) of (\d+)", html)
-    return names, total, (pager and (int(pager.group(1)), int(pager.group(2))))
+    total = int(re.search(r'<small id="client-count">([\d,]+) clients?\b', html).group(1).replace(",", ""))
+    pager = re.search(r"Page (\d+) of ([\d,]+)", html)
+    return names, total, (pager and (int(pager.group(1)), int(pager.group(2).replace(",", ""))))
 
 
 def status(row, now):
@@ -90,6 +90,7 @@ def test_the_full_page_has_the_layout_and_the_same_table(scale):
     html = scale["client"].get("/clients/").get_data(as_text=True)
     assert "<nav>" in html and 'id="client-search"' in html
     assert html.count('<tr id="client-') == 50
+    assert ">10,000 clients</small>" in html and "Page 1 of 200" in html
 
 
 @pytest.mark.parametrize("q", ["client-0123", "10.8.3.7", "vip", "user0999", "CLIENT-0000", "10.8.39.", "1"])
