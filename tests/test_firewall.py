@@ -67,15 +67,17 @@ def test_public_ip_mode_routes_the_pool_without_nat(ctx):
 
 def test_client_to_client_is_dropped_unless_allowed(ctx):
     wg0 = make_interface(ctx)
-    assert 'iifname "wg0" oifname "wg0" counter drop' in rules(ctx)
+    assert "ip saddr 10.8.0.0/24 ip daddr 10.8.0.0/24 counter drop" in rules(ctx)
+    assert "ip6 saddr fd42::/64 ip6 daddr fd42::/64 counter drop" in rules(ctx)
     interfaces.update(ctx.db, wg0["id"], {"client_to_client": True})
-    assert 'iifname "wg0" oifname "wg0" counter accept' in rules(ctx)
+    assert "ip saddr 10.8.0.0/24 ip daddr 10.8.0.0/24 counter accept" in rules(ctx)
 
 
 def test_client_to_client_rule_comes_before_the_general_accept(ctx):
     make_interface(ctx)
     text = rules(ctx)
-    assert text.index('iifname "wg0" oifname "wg0"') < text.index('iifname "wg0" counter accept')
+    assert text.index("ip saddr 10.8.0.0/24 ip daddr 10.8.0.0/24") < text.index('iifname "wg0" counter accept')
+    assert text.index("ip saddr 10.8.0.0/24 ip daddr 10.8.0.0/24") < text.index("no new connections")
 
 
 def test_port_forward_is_a_dnat_with_its_forward_accept(ctx):

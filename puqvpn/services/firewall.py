@@ -8,7 +8,8 @@ rules are ever touched.  Per enabled interface:
 * masquerade of its pool (IPv4, and IPv6 if it has a prefix) out of its
   external device, unless NAT is off ("public IPs": the pool is routed);
 * forwarding from the interface, replies back to it, and either
-  client-to-client traffic or a drop for it;
+  client-to-client traffic (within the pool, whatever the device) or a drop
+  for it;
 * with NAT on, no new connections into the pool from elsewhere except
   port forwards (DNAT of an external port to a client's address and port).
 
@@ -151,7 +152,12 @@ def render_rules(ctx, state):
         if interface.get("address6"):
             pools.append((6, _network(interface["address6"], 6, f"{name} IPv6 address")))
         verdict = "accept" if interface["client_to_client"] else "drop"
-        fwd_c2c.append(f'iifname {_q(wg)} oifname {_q(wg)} counter {verdict} comment {_q(name + " client-to-client")}')
+        # By pool, not by device: an IKEv2 client has its address from the same
+        # pool but arrives on another device, and the setting covers it too.
+        for family, pool in pools:
+            ipx = "ip" if family == 4 else "ip6"
+            fwd_c2c.append(f"{ipx} saddr {pool} {ipx} daddr {pool} counter {verdict}"
+                           f" comment {_q(f'{name} client-to-client IPv{family}')}")
         fwd_back.append(f'oifname {_q(wg)} ct state established,related counter accept comment {_q(name + " replies")}')
         fwd_out.append(f'iifname {_q(wg)} counter accept comment {_q(name + " out")}')
         if interface["nat"]:
