@@ -323,3 +323,11 @@ def test_sessions_name_the_user_by_eap_identity_and_add_up_child_bytes(ctx, vici
     assert sessions[0]["bytes_in"] == 1010 and sessions[0]["bytes_out"] == 2020
     assert sessions[0]["remote_addr"] == "198.51.100.9" and sessions[0]["virtual_ips"] == ["10.8.0.2"]
     assert sessions[0]["established_seconds"] == 42
+
+
+def test_a_server_that_never_used_ikev2_gets_no_strongswan_files(ctx):
+    interfaces.create(ctx.db, {"name": "wg0", "address": "10.8.0.1/24", "listen_port": "51820",
+                               "endpoint": "vpn.example.com"})
+    assert strongswan.reconcile(ctx, []) == []
+    assert not ctx.settings.path("SWANCTL_DIR").exists()
+    assert not ctx.settings.path("STRONGSWAN_CONF_DIR").exists()

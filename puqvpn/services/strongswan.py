@@ -607,8 +607,19 @@ def unload_client(session, ctx, client):
     _terminate(session, n["conn"], client["username"])
     for pool_name in (n["pool"], n["pool6"]):
         if pool_name in loaded["pools"]:
-            _vici_call(f"unload the address pool of {client['username']}", session.unload_pool,
-                       {"name": pool_name})
+            _unload_pool(session, pool_name, f"unload the address pool of {client['username']}")
+
+
+def _unload_pool(session, name, what, wait=5.0):
+    """Unload a pool once the SAs just terminated have released its lease (charon does that a moment later)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return _vici_call(what, session.unload_pool, {"name": name})
+        except StrongswanError as error:
+            if "online leases" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def _loaded(session):
@@ -712,10 +723,22 @@ def _session_or_none(ctx, needed):
         return None
 
 
+def _in_use(ctx):
+    return pki.get(ctx.db, "ca") is not None or bool(
+        list(ctx.db.query("SELECT 1 FROM interfaces WHERE ikev2_enabled LIMIT 1")))
+
+
+def _write(ctx, state):
+    """Write the files, except on a server that never used IKEv2 (it may not even have strongSwan)."""
+    if not _in_use(ctx) and not swanctl_dir(ctx).exists():
+        return []
+    return [f"wrote {path}" for path in write_files(ctx, state)]
+
+
 def client_changed(ctx, interface, client):
     """Load or unload this one client's secret, connection and pool."""
     state = desired(ctx)
-    changes = [f"wrote {path}" for path in write_files(ctx, state)]
+    changes = _write(ctx, state)
     if not interface_active(ctx, interface):
         return changes
     active = client["suspended_reason"] is None
@@ -738,7 +761,7 @@ def client_changed(ctx, interface, client):
 
 def client_removed(ctx, interface, client):
     state = desired(ctx)
-    changes = [f"wrote {path}" for path in write_files(ctx, state)]
+    changes = _write(ctx, state)
     if not interface_active(ctx, interface):
         return changes
     session = open_session(ctx)
@@ -765,8 +788,8 @@ def reconcile(ctx, interfaces):
     read from the database as a whole, since the probe and the files are shared.
     """
     state = desired(ctx)
-    changes = [f"wrote {path}" for path in write_files(ctx, state)]
-    if write_backend_snippet(ctx):
+    changes = _write(ctx, state)
+    if (_in_use(ctx) or Path(ctx.settings["STRONGSWAN_CONF_DIR"]).exists()) and write_backend_snippet(ctx):
         changes.append(f"IPsec backend set to {ipsec_backend(ctx)}: restart strongSwan to use it")
     needed = bool(state["connections"])
     session = _session_or_none(ctx, needed)
@@ -788,7 +811,7 @@ def reconcile(ctx, interfaces):
             _terminate(session, name)
             changes.append(f"unloaded {name}")
         for name in [p for p in mine["pools"] if p not in state["pools"]]:
-            _vici_call(f"unload pool {name}", session.unload_pool, {"name": name})
+            _unload_pool(session, name, f"unload pool {name}")
         if needed:
             # reloading is idempotent (charon replaces a connection in place), and
             # picks up changed options; only what was missing counts as a change
