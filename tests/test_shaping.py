@@ -67,6 +67,9 @@ def test_class_and_filter_ids_come_from_the_address():
     # Pools wider than /16 repeat the low 16 bits, so classes follow the client id there.
     wide = shaping.wg_device({"name": "wg0", "address": "10.0.0.1/8", "mtu": 1420})
     assert wide.by_id and wide.minor({"id": 7, "ip": "10.8.3.9"}) == 7
+    assert wide.minor({"id": 1, "ip": "10.8.3.9"}) == 1 and wide.minor({"id": 65535, "ip": "10.8.3.9"}) == 0xffff
+    with pytest.raises(shaping.ShapingError, match="does not fit"):
+        wide.minor({"id": 65536, "ip": "10.8.3.9"})
 
 
 def test_one_client_change_is_one_batch_touching_only_that_client(db):

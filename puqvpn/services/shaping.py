@@ -123,8 +123,8 @@ class Device:
     def minor(self, client):
         if self.by_id:
             value = int(client["id"])
-            if not 1 < value < 0xffff:
-                raise ShapingError(f"client id {value} does not fit a tc class id (2..65534) on {self.name}")
+            if not 0 < value <= 0xffff:
+                raise ShapingError(f"client id {value} does not fit a tc class id (1..65535) on {self.name}")
             return value
         return int(ipaddress.IPv4Address(client["ip"])) & 0xffff
 
