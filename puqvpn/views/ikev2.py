@@ -113,17 +113,15 @@ def generate_server():
     return redirect(url_for("ikev2.index"))
 
 
-@bp.route("/<kind>/delete", methods=["POST"])
+@bp.route("/<any(ca, server):cert>/delete", methods=["POST"])
 @role("admin")
-def delete(kind):
-    if kind not in ("ca", "server"):
-        abort(404)
+def delete(cert):
     if request.form.get("confirm") != "1":
-        return _page(errors={f"delete_{kind}": "tick the box to confirm"}, status=422)
-    pki.delete(get_db(), kind)
-    if kind == "ca":
+        return _page(errors={f"delete_{cert}": "tick the box to confirm"}, status=422)
+    pki.delete(get_db(), cert)
+    if cert == "ca":
         pki.delete(get_db(), "server")      # nothing can verify it any more
-    note(target=kind)
+    note(target=cert)
     flash("Deleted. IKEv2 is off until both certificates exist again; WireGuard is unaffected.", "success")
     apply_live("reconcile")
     return redirect(url_for("ikev2.index"))
@@ -224,21 +222,19 @@ def drop(ike_id):
 
 # ------------------------------------------------------------------ profiles
 
-@bp.route("/clients/<int:client_id>/<kind>")
+@bp.route("/clients/<int:client_id>/<any(sswan, mobileconfig, windows, nmconnection, ca):fmt>")
 @role("operator")
-def profile(client_id, kind):
+def profile(client_id, fmt):
     db = get_db()
     client = clients.get(db, client_id) or abort(404)
     interface = interfaces.get(db, client["interface_id"])
-    if kind == "ca":
+    if fmt == "ca":
         row = pki.get(db, "ca") or abort(404)
         return _download(*profiles.ca_der_file(row["cert_pem"]))
-    if kind not in profiles.FORMATS:
-        abort(404)
     try:
-        name, mime, data = profiles.build(db, kind, interface, client, strongswan.get_options(db))
+        name, mime, data = profiles.build(db, fmt, interface, client, strongswan.get_options(db))
     except profiles.ProfileError as error:
         flash(str(error), "error")
         return redirect(url_for("clients.show", client_id=client_id))
-    note(target=client["name"], detail=kind)
+    note(target=client["name"], detail=fmt)
     return _download(name, mime, data)
