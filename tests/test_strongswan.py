@@ -331,3 +331,18 @@ def test_a_server_that_never_used_ikev2_gets_no_strongswan_files(ctx):
     assert strongswan.reconcile(ctx, []) == []
     assert not ctx.settings.path("SWANCTL_DIR").exists()
     assert not ctx.settings.path("STRONGSWAN_CONF_DIR").exists()
+
+
+def test_a_dual_stack_client_gets_its_ipv6_address_as_a_second_one_address_pool(ctx):
+    pki.generate_ca(ctx.db, "Test CA", "Test Org", key_type="ecdsa-p256")
+    pki.generate_server(ctx.db, "vpn.example.com", "203.0.113.7")
+    interface = interfaces.create(ctx.db, {"name": "wg0", "address": "10.8.0.1/24", "address6": "fd42:42::1/64",
+                                           "listen_port": "51820", "endpoint": "vpn.example.com",
+                                           "ikev2_enabled": "1"})
+    alice = clients.create(ctx.db, {"interface": interface["id"], "name": "alice"})
+    assert alice["ip6"]
+    state = strongswan.desired(ctx)
+    n = strongswan.names(alice["id"])
+    assert state["connections"][n["conn"]]["pools"] == [n["pool"], n["pool6"]]
+    assert state["pools"][n["pool6"]] == {"addrs": f"{alice['ip6']}/128"}
+    assert state["connections"][n["conn"]]["children"][n["conn"]]["local_ts"] == ["0.0.0.0/0", "::/0"]

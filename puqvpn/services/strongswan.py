@@ -52,8 +52,9 @@ OPTIONS_KEY = "ikev2"
 # The proposals offered, modern first, each with the clients it is there for.
 # Profiles pick their parameters from these, so keep the two in step.
 IKE_PROPOSALS = [
-    ("aes256gcm16-prfsha384-ecp384", "strongSwan app (Android), NetworkManager strongSwan plugin"),
-    ("aes256gcm16-prfsha256-ecp256", "iOS/macOS .mobileconfig and Windows script made by the panel"),
+    ("aes256gcm16-prfsha384-ecp384", "the panel's profiles: strongSwan app (Android), iOS/macOS "
+                                     ".mobileconfig, Windows script, NetworkManager"),
+    ("aes256gcm16-prfsha256-ecp256", "AES-GCM clients that offer ECP-256 only"),
     ("aes256-sha256-ecp256", "clients without AES-GCM for IKE"),
     ("aes256-sha256-modp2048", "iOS/macOS set up by hand (AES-256, SHA2-256, group 14)"),
     ("aes128-sha256-modp2048", "older Android and Linux clients"),
@@ -61,11 +62,11 @@ IKE_PROPOSALS = [
     ("aes128-sha1-modp1024", "Windows built-in client, older builds"),
 ]
 ESP_PROPOSALS = [
-    ("aes256gcm16-ecp384", "strongSwan app and NetworkManager, with PFS on rekeying"),
-    ("aes256gcm16-ecp256", "iOS/macOS .mobileconfig and Windows script (PFS group ECP-256)"),
-    ("aes256gcm16", "first CHILD_SA of every client, and clients without PFS"),
-    ("aes256-sha256", "clients without AES-GCM for ESP"),
-    ("aes256-sha256-modp2048", "iOS/macOS set up by hand, with PFS group 14"),
+    ("aes256gcm16-ecp384", "the panel's profiles, with PFS (ECP-384) when the child SA is rekeyed"),
+    ("aes256gcm16-ecp256", "AES-GCM clients with PFS group ECP-256"),
+    ("aes256gcm16", "the first child SA of every client (no key exchange there), clients without PFS"),
+    ("aes256-sha256", "iOS/macOS set up by hand, clients without AES-GCM for ESP"),
+    ("aes256-sha256-modp2048", "clients with PFS group 14"),
     ("aes256-sha1", "Windows built-in client with its defaults"),
     ("aes128-sha1", "Windows built-in client, older builds"),
 ]
