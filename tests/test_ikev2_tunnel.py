@@ -145,6 +145,11 @@ class RoadWarrior:
         }
         self.session().load_conn({"home": conn})
 
+    def use_proposals(self, ike, esp):
+        """What another platform would offer, in place of the profile's."""
+        self.profile = dict(self.profile, **{"ike-proposal": ike, "esp-proposal": esp})
+        self.load()
+
     def set_password(self, password):
         self.session().load_shared({"id": "mine", "type": "EAP", "data": password,
                                     "owners": [self.profile["local"]["eap_id"]]})
@@ -269,6 +274,28 @@ def test_clients_connect_with_eap_mschapv2_and_get_their_wireguard_ip(lab):
     assert a.ping("10.99.3.2")
     # carol's WireGuard tunnel works beside them
     assert lab["wan"].run(["ping", "-c", "2", "-W", "3", "10.8.0.1"], check=False).returncode == 0
+
+
+@pytest.mark.parametrize("platform", ["iOS/macOS profile", "Windows script", "Windows defaults",
+                                      "iOS/macOS by hand"])
+def test_each_platforms_proposals_are_accepted(lab, platform):
+    options = strongswan.get_options(lab["db"])
+    ike, esp = {
+        "iOS/macOS profile": profiles.apple_parameters(options)[:2],
+        "Windows script": profiles.windows_parameters(options)[:2],
+        "Windows defaults": ("aes256-sha1-modp1024", "aes256-sha1"),
+        "iOS/macOS by hand": ("aes256-sha256-modp2048", "aes256-sha256"),
+    }[platform]
+    b = lab["b"]
+    b.disconnect()
+    b.use_proposals(ike, esp)
+    try:
+        assert b.try_connect(), f"{platform}: {ike} / {esp} refused"
+        assert b.virtual_ip() == [lab["bob"]["ip"]] and b.ping("10.8.0.1", count=1)
+    finally:
+        b.disconnect()
+        b.use_proposals(options["ike_proposals"][0], options["esp_proposals"][0])
+        assert b.try_connect()
 
 
 def test_the_sessions_list_shows_user_address_ip_and_bytes(lab):
