@@ -201,11 +201,17 @@ def test_the_connection_log_names_the_client_behind_an_exit_port(lab):
     assert changes[-1] == "connlog: listener started"
     assert wait_until(lambda: connlog.listener_pid(ctx.settings), timeout=5)
 
-    lab["client"].run([sys.executable, "-c",
-                       "import socket; socket.create_connection(('198.51.100.2', 8080), timeout=5).close()"])
+    # The server itself first uses exit port 45678 towards the same destination, so masquerade
+    # must give the client's connection from port 45678 another one: the log has to show that one.
+    connect = ("import socket, sys; s = socket.socket(); s.bind((sys.argv[1], 45678)); "
+               "s.connect(('198.51.100.2', 8080)); s.close()")
+    lab["server"].run([sys.executable, "-c", connect, "198.51.100.1"])
+    assert lab["tcp"].stdout.readline().split() == ["198.51.100.1", "45678"]
+    lab["client"].run([sys.executable, "-c", connect, lab["alice"]["ip"]])
     exit_ip, exit_port = lab["tcp"].stdout.readline().split()
     asked_at = time.time()
     assert exit_ip == "198.51.100.1"          # masqueraded: the wan side never sees 10.8.0.2
+    assert exit_port != "45678"               # and translated to a free port
 
     store = connlog.open_store(ctx.settings["CONNLOG_DATABASE"])
     rows = wait_until(lambda: connlog.who(store, exit_port, asked_at, exit_ip=exit_ip), timeout=5)

@@ -569,8 +569,8 @@ def main(argv=None):
 
     try:
         sock = open_nflog(args.group)
-        conn = open_store(args.database)
-    except OSError as error:
+        open_store(args.database).close()       # fail here, before detaching, if it cannot be opened
+    except (OSError, sqlite3.Error) as error:
         print(f"connlog: {error}", file=sys.stderr)
         return 1
     stopping = []
@@ -578,6 +578,10 @@ def main(argv=None):
     if not args.foreground:
         _daemonize(Path(args.pidfile))
     try:
+        # Opened again after the fork: SQLite's WAL locks are fcntl locks, which a
+        # forked child does not inherit; without them another process would reset
+        # the shared-memory index under this one.
+        conn = open_store(args.database)
         listen(sock, conn, args.retention_days, args.syslog == "1", stop=lambda: bool(stopping))
     finally:
         if not args.foreground:
