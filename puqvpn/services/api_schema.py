@@ -187,9 +187,10 @@ SCHEMAS = {
     "Traffic": obj({
         "name": {"type": "string"},
         "from": {"type": "string", "format": "date"}, "to": {"type": "string", "format": "date"},
-        "granularity": {"type": "string", "enum": ["day", "hour"]},
+        "granularity": {"type": "string", "enum": ["day", "hour", "month"]},
         "rows": {"type": "array", "items": obj({
-            "period": {"type": "string", "description": "YYYY-MM-DD, or YYYY-MM-DDTHH for hours (UTC)"},
+            "period": {"type": "string", "description": "YYYY-MM-DD for days, YYYY-MM-DDTHH for hours, "
+                                                        "YYYY-MM for months (UTC)"},
             "rx_bytes": {"type": "integer"}, "tx_bytes": {"type": "integer"}}, ["period", "rx_bytes", "tx_bytes"])},
         "total": obj({"rx_bytes": {"type": "integer"}, "tx_bytes": {"type": "integer"}}, ["rx_bytes", "tx_bytes"]),
     }, ["name", "from", "to", "granularity", "rows", "total"]),
@@ -316,6 +317,10 @@ def query_param(name, schema, required=False, description=None):
 def check_query(params, args):
     """Check a query string (a mapping of str -> str) against query parameter specs; returns typed values."""
     values, errors = {}, {}
+    known = {param["name"] for param in params}
+    for name in args:
+        if name not in known:
+            errors[name[:40]] = "unknown parameter"
     for param in params:
         name, schema = param["name"], param["schema"]
         raw = args.get(name)
@@ -362,7 +367,7 @@ def _path_and_params(rule, converters):
 
     def replace(match):
         converter, name = match.group(1), match.group(2)
-        schema = {"type": "integer", "minimum": 1} if converter == "int" else (
+        schema = {"type": "integer", "minimum": 1, "maximum": 2 ** 63 - 1} if converter == "int" else (
             dict(INTERFACE_NAME) if name == "interface_name" else dict(CLIENT_NAME) if name == "name"
             else {"type": "string"})
         params.append({"name": name, "in": "path", "required": True, "schema": schema})

@@ -67,8 +67,9 @@ def operation(rule, method, *, summary, tag, role="viewer", response=None, statu
             if auth and not tokens.can(g.api_token, role):
                 raise ApiError(403, "forbidden", f"this needs a token with the {role} role; "
                                                  f"this one has {g.api_token['role']}")
+            checked = api_schema.check_query(query, request.args)
             if query:
-                kwargs["query"] = api_schema.check_query(query, request.args)
+                kwargs["query"] = checked
             if body:
                 kwargs["body"] = api_schema.check_body(body, _json_body(body_required))
             return view(**kwargs)
@@ -119,6 +120,12 @@ def api_error(error):
 def validation_error(error):
     fields = error.fields or {"__all__": str(error)}
     return error_response(422, "invalid", str(error) or "the request is not valid", fields)
+
+
+@bp.errorhandler(FieldError)
+def field_error(error):
+    # A service check that ran outside a Checker, so the field is not named.
+    return error_response(422, "invalid", f"a field is invalid: {error}", {"__all__": str(error)})
 
 
 @bp.errorhandler(HTTPException)
@@ -205,6 +212,8 @@ def client_json(row, interface=None, password=False):
         data["password"] = row["password"]
     return data
 
+
+MAX_ID = 2 ** 63 - 1      # SQLite's largest integer
 
 # API field names -> database columns, where they differ.
 CLIENT_COLUMNS = {"download_mbit": "down_mbit", "upload_mbit": "up_mbit"}
@@ -647,6 +656,14 @@ def traffic(name, query):
     end = days.get("to") or datetime.datetime.now(datetime.timezone.utc).date()
     start = days.get("from") or end - datetime.timedelta(days=30)
     granularity = query.get("granularity", "day")
+    if end < start:
+        raise ValidationError({"from": "the start date is after the end date"})
+    # Refuse huge ranges before any list of periods is built.
+    days = (end - start).days + 1
+    points = {"hour": days * 24, "day": days,
+              "month": (end.year - start.year) * 12 + end.month - start.month + 1}[granularity]
+    if points > accounting.MAX_POINTS[granularity]:
+        raise ValidationError({"from": f"at most {accounting.MAX_POINTS[granularity]} {granularity}s per request"})
     try:
         rows = accounting.traffic(get_db(), row["id"], start, end, granularity)
     except ValueError as error:
@@ -687,7 +704,10 @@ def create_share_link(name, body):
 def list_share_links(query):
     client_id = None
     if query.get("client"):
-        client_id = _client_by_name(query["client"])["id"]
+        row = clients.get(get_db(), query["client"])
+        if row is None:
+            raise ValidationError({"client": f"no client named {query['client']}"})
+        client_id = row["id"]
     rows = share_links.list_links(get_db(), client_id=client_id, active_only=query.get("active") == "true")
     return jsonify(links=[link_json(row) for row in rows])
 
@@ -695,7 +715,7 @@ def list_share_links(query):
 @operation("/share-links/<int:link_id>", "DELETE", summary="Revoke a share link", tag="share links",
            role="operator", response="ShareLink")
 def revoke_share_link(link_id):
-    row = share_links.revoke(get_db(), link_id)
+    row = share_links.revoke(get_db(), link_id) if link_id <= MAX_ID else None
     if row is None:
         raise ApiError(404, "not_found", f"no share link with id {link_id}")
     name = clients.get(get_db(), row["client_id"])["name"]
