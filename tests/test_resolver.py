@@ -4,18 +4,14 @@ import json
 
 import pytest
 
-from puqvpn import db as database
 from puqvpn import settings as settings_module
+from puqvpn.services import connlog
 from puqvpn.services import interfaces as interfaces_service
 from puqvpn.services import resolver
 from puqvpn.services.system import CommandError, Context, FakeRunner, Result
 
 
-@pytest.fixture
-def db(tmp_path):
-    handle = database.connect(tmp_path / "test.sqlite3")
-    yield handle
-    handle.conn.close()
+# ``db`` is the conftest fixture: the database of a panel app kept off the live system.
 
 
 @pytest.fixture
@@ -233,3 +229,57 @@ def test_a_missing_unbound_is_a_clear_error(db, settings):
         ["unbound"], reason="could not run: unbound is not installed")})
     with pytest.raises(CommandError, match="unbound is not installed"):
         resolver.ensure(Context(db, settings, runner))
+
+
+# ------------------------------------------------------------------ the pages
+
+def test_the_resolver_page_saves_options_and_shows_what_profiles_get(app, db, logged_in):
+    make_interface(db, "wg0", "10.8.0.1/24", dns="9.9.9.9")
+    page = logged_in.client.get("/resolver/").get_data(as_text=True)
+    assert "DNS resolver for clients" in page and "9.9.9.9" in page
+    response = logged_in.post("/resolver/", data={"enabled": "on", "forwarder1": "9.9.9.9#dns.quad9.net",
+                                                  "forwarder2": "", "tls": "on", "cache_max_ttl": "3600",
+                                                  "blocklist": "", "block_action": "always_nxdomain",
+                                                  "push_wg0": "on"})
+    assert response.status_code == 302
+    options = resolver.load_options(db)
+    assert (options["enabled"], options["tls"], options["forwarders"], options["exclude"]) == \
+        (True, True, ["9.9.9.9#dns.quad9.net"], [])
+    page = logged_in.client.get("/resolver/").get_data(as_text=True)
+    assert "<td>10.8.0.1</td>" in page         # what profiles push now
+    entry = next(db.query("SELECT * FROM audit_log WHERE action = 'resolver.save'"))
+    assert entry["outcome"] == "ok"
+
+
+def test_a_bad_forwarder_is_shown_next_to_its_field_and_nothing_is_saved(app, db, logged_in):
+    resolver.save_options(db, {"forwarders": "1.1.1.1"})
+    response = logged_in.post("/resolver/", data={"enabled": "on", "forwarder1": "dns.example\nserver:",
+                                                  "cache_max_ttl": "3600", "block_action": "always_nxdomain"})
+    assert response.status_code == 422
+    assert 'id="e-forwarder1"' in response.get_data(as_text=True)
+    assert resolver.load_options(db)["forwarders"] == ["1.1.1.1"]
+
+
+def test_the_connection_log_page_answers_who_was_it(app, db, logged_in):
+    store = connlog.open_store(app.config["PUQVPN"]["CONNLOG_DATABASE"])
+    at = connlog.parse_time("2026-12-04 14:02:10")
+    connlog.store(store, [{"at": at, "interface": "wg0", "client": "alice", "client_ip": "10.8.0.2",
+                           "proto": "tcp", "exit_ip": "198.51.100.1", "exit_port": 40001,
+                           "dest_ip": "203.0.113.9", "dest_port": 443}])
+    store.close()
+    response = logged_in.post("/resolver/connections", data={"port": "40001", "time": "2026-12-04 14:03"})
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert "<td>alice</td>" in page and "(likeliest)" in page and "198.51.100.1:40001" in page
+    bad = logged_in.post("/resolver/connections", data={"port": "x", "time": "noon", "address": "nope"})
+    assert bad.status_code == 422
+    assert all(f'id="e-{name}"' in bad.get_data(as_text=True) for name in ("port", "time", "address"))
+    # Lookups are personal data: each one is in the audit log.
+    entry = next(db.query("SELECT * FROM audit_log WHERE action = 'resolver.connections' ORDER BY id LIMIT 1"))
+    assert entry["target"] == "port=40001 time=2026-12-04 14:03" and "1 match(es)" in entry["detail"]
+
+
+def test_only_admins_see_the_resolver_and_the_log(app, db, auth):
+    auth.login("viewer", role="viewer")
+    assert auth.client.get("/resolver/").status_code == 403
+    assert auth.client.get("/resolver/connections").status_code == 403
