@@ -501,7 +501,7 @@ def listen(sock, conn, retention_days, use_syslog, stop=lambda: False):
         import syslog
         syslog.openlog(PREFIX, 0, syslog.LOG_DAEMON)
     sock.settimeout(1)
-    last_prune = 0.0
+    last_prune = float("-inf")     # prune at start, then hourly
     while not stop():
         if time.monotonic() - last_prune > 3600:
             prune(conn, retention_days)
