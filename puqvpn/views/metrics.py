@@ -123,15 +123,25 @@ def metrics():
 # -- traffic panels for the dashboard, the client page and the interface page ----------------
 # Each page includes a small placeholder (templates/metrics/_*.html) that loads these with htmx.
 
-@bp.route("/traffic/clients/<int:client_id>/<any(day, month):kind>.svg")
-@role("viewer")
-def client_chart(client_id, kind):
+def _chart_response(client_id, monthly):
     from ..services import charts
     db = get_db()
     if next(db.query("SELECT 1 FROM clients WHERE id = ?", [client_id]), None) is None:
         abort(404)
-    chart = charts.client_daily_chart if kind == "day" else charts.client_monthly_chart
+    chart = charts.client_monthly_chart if monthly else charts.client_daily_chart
     return Response(chart(db, client_id), mimetype="image/svg+xml")
+
+
+@bp.route("/traffic/clients/<int:client_id>/day.svg")
+@role("viewer")
+def client_day_chart(client_id):
+    return _chart_response(client_id, monthly=False)
+
+
+@bp.route("/traffic/clients/<int:client_id>/month.svg")
+@role("viewer")
+def client_month_chart(client_id):
+    return _chart_response(client_id, monthly=True)
 
 
 @bp.route("/traffic/clients/<int:client_id>")
