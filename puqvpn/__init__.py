@@ -23,7 +23,7 @@ csrf = CSRFProtect()
 
 # Blueprints in puqvpn/views/, registered in this order when present.
 BLUEPRINTS = ("auth", "dashboard", "interfaces", "clients", "ikev2", "diagnostics", "backups",
-              "metrics", "api", "share", "tokens", "accounts", "audit", "resolver")
+              "metrics", "api", "share", "tokens", "accounts", "audit", "resolver", "portforwards")
 
 
 def _secret_key(path):

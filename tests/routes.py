@@ -14,6 +14,7 @@ settings, tokens or keys); viewer only reads.
 
 import re
 
+from werkzeug.routing import AnyConverter
 from werkzeug.security import generate_password_hash
 
 from puqvpn import create_app
@@ -95,6 +96,21 @@ RULES = {
     "ikev2.drop": "operator",
     "ikev2.profile": "operator",
     "diagnostics.interface": "operator",
+    # traffic charts are reading; /metrics has its own bearer token (METRICS_TOKEN)
+    "metrics.metrics": "public",
+    "metrics.client_chart": "viewer",
+    "metrics.client_day_chart": "viewer",
+    "metrics.client_month_chart": "viewer",
+    "metrics.client_charts": "viewer",
+    "metrics.interface_classes": "viewer",
+    "metrics.dashboard_traffic": "viewer",
+    # the DNS resolver and port forwards are server settings
+    "resolver.index": "admin",
+    "resolver.save": "admin",
+    "resolver.connections": "admin",
+    "portforwards.index": "viewer",
+    "portforwards.create": "admin",
+    "portforwards.delete": "admin",
     # the API, by token role
     "api.openapi": "public",
     "api.status": "token:viewer",
@@ -177,7 +193,7 @@ def seed(app):
         spare_token = tokens.create(db, "spare", "viewer")[0]
         values = {"interface_id": wg0["id"], "client_id": alice["id"], "user_id": ids["spare"],
                   "interface_name": "wg0", "name": "alice", "link_id": link_row["id"],
-                  "token_id": spare_token["id"], "token": "not-a-real-share-token", "kind": "sswan", "ike_id": 1,
+                  "token_id": spare_token["id"], "token": "not-a-real-share-token", "kind": "day", "cert": "server", "fmt": "sswan", "forward_id": 1, "ike_id": 1,
                   "filename": "app.css"}
         return values, api_tokens, ids
     finally:
@@ -187,7 +203,14 @@ def seed(app):
 def url_for_rule(rule, values):
     missing = [arg for arg in rule.arguments if arg not in values]
     assert not missing, f"routes.seed() has no value for the URL argument(s) {missing} of {rule.rule}"
-    return rule.build({arg: values[arg] for arg in rule.arguments}, append_unknown=False)[1]
+    chosen = {}
+    for arg in rule.arguments:
+        converter = rule._converters.get(arg)
+        if isinstance(converter, AnyConverter) and values[arg] not in converter.items:
+            chosen[arg] = sorted(converter.items)[0]     # <any(a, b):x> takes only its own words
+        else:
+            chosen[arg] = values[arg]
+    return rule.build(chosen, append_unknown=False)[1]
 
 
 def login_as(client, user_id):

@@ -66,10 +66,10 @@ def init_app(app):
     def navigation():
         from flask_login import current_user
         if not current_user.is_authenticated:
-            return {"extra_nav": []}
+            return {"extra_nav": [], "endpoints": current_app.view_functions}
         items = [{"url": url_for(endpoint), "title": title, "group": group} for endpoint, title, role, group in NAV
                  if endpoint in current_app.view_functions and current_user.can(role)]
-        return {"extra_nav": items}
+        return {"extra_nav": items, "endpoints": current_app.view_functions}
 
     @app.context_processor
     def pending_changes():
