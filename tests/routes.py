@@ -138,6 +138,7 @@ RULES = {
     "api.ikev2_profile_mobileconfig": "token:operator",
     "api.ikev2_profile_windows": "token:operator",
     "api.ikev2_profile_nm": "token:operator",
+    "api.ikev2_profile_nmconnection": "token:operator",
     "api.create_share_link": "token:operator",
     "api.list_share_links": "token:operator",
     "api.revoke_share_link": "token:operator",

@@ -12,24 +12,21 @@ The first two run the real tools in a throwaway network namespace.
 
 import json
 import os
-import re
 import secrets
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from puqvpn import jobs, settings as settings_module
+from puqvpn import jobs
 from puqvpn.db import connect
-from puqvpn.services import apply, clients, interfaces, pki, strongswan, tokens, users
+from puqvpn.services import clients, interfaces, pki, strongswan, tokens, users
 from puqvpn.services.system import Context, Runner
 
 from .conftest import csrf_token

@@ -11,7 +11,7 @@ import pytest
 
 from puqvpn import ROOT
 from puqvpn.db import connect
-from puqvpn.services import audit, backup, clients, interfaces, tokens, users, wireguard
+from puqvpn.services import audit, backup, clients, interfaces, users, wireguard
 from puqvpn.services.system import Context, FakeRunner
 
 from .routes import CHANGING, csrf_token, login_as, make_app, routes, seed, url_for_rule
