@@ -196,3 +196,25 @@ def test_a_bad_time_or_port_is_refused(tmp_path):
         connlog.parse_time("yesterday at two")
     with pytest.raises(connlog.ConnlogError, match="is not a port"):
         connlog.who(connlog.open_store(tmp_path / "log.sqlite3"), "70000", 0)
+
+
+def test_the_command_line_lookup(tmp_path, capsys):
+    path = tmp_path / "log.sqlite3"
+    connlog.store(connlog.open_store(path), [entry(connlog.parse_time("2026-12-04 14:02:10"), "alice", 40001)])
+    assert connlog.main(["who", "--database", str(path), "--port", "40001", "--time", "2026-12-04 14:03"]) == 0
+    assert capsys.readouterr().out == ("* 2026-12-04 14:02:10 UTC wg0 client=alice ip=10.8.0.2 proto=tcp "
+                                       "exit=198.51.100.1:40001 dst=203.0.113.9:443\n")
+    assert connlog.main(["who", "--database", str(path), "--port", "40002", "--time", "2026-12-04 14:03"]) == 1
+
+
+def test_the_panel_command_reads_the_panels_settings(tmp_path, settings):
+    from types import SimpleNamespace
+    from click.testing import CliRunner
+    connlog.store(connlog.open_store(settings["CONNLOG_DATABASE"]),
+                  [entry(connlog.parse_time("2026-12-04 14:02:10"), "alice", 40001)])
+    result = CliRunner().invoke(connlog.who_command, ["--port", "40001", "--time", "2026-12-04T15:03+01:00"],
+                                obj=SimpleNamespace(settings=settings))
+    assert result.exit_code == 0 and "client=alice" in result.output
+    result = CliRunner().invoke(connlog.who_command, ["--port", "40001", "--time", "teatime"],
+                                obj=SimpleNamespace(settings=settings))
+    assert result.exit_code == 1 and "is not a time" in result.output

@@ -7,10 +7,8 @@ its namespace.  "wan" runs a small DNS server (the resolver's forwarder)
 and a TCP server that reports the address and port it sees.
 """
 
-import json
 import secrets
-import socket
-import struct
+import subprocess
 import sys
 import time
 
@@ -123,7 +121,7 @@ def lab(tmp_path_factory):
         client_ns.run(["ping", "-c", "1", "-W", "5", "10.8.0.1"])
 
         wan.popen([sys.executable, "-c", DNS_SERVER, SERVED_NAME, SERVED_ADDRESS])
-        tcp = wan.popen([sys.executable, "-c", TCP_SERVER], stdout=__import__("subprocess").PIPE, text=True)
+        tcp = wan.popen([sys.executable, "-c", TCP_SERVER], stdout=subprocess.PIPE, text=True)
         assert wait_until(lambda: ":53 " in wan.run(["ss", "-lunH"]).stdout
                           and ":8080 " in wan.run(["ss", "-ltnH"]).stdout, timeout=10)
         yield {"ctx": ctx, "server": server, "client": client_ns, "wan": wan, "interface": interface,
@@ -223,3 +221,17 @@ def test_the_connection_log_names_the_client_behind_an_exit_port(lab):
     ctx.db.execute("UPDATE interfaces SET conn_logging = 0 WHERE id = ?", [interface["id"]])
     assert connlog.reconcile(ctx, []) == ["connlog: table inet puqvpn_log removed", "connlog: listener stopped"]
     assert lab["server"].run(["nft", "list", "table", "inet", "puqvpn_log"], check=False).returncode != 0
+
+
+def test_through_the_apply_layer_a_new_gateway_address_restarts_the_resolver_on_it(lab, monkeypatch):
+    ctx, interface = lab["ctx"], lab["interface"]
+    monkeypatch.setattr(apply, "BACKENDS", apply.BACKENDS + ("resolver", "connlog"))
+    switch_on(ctx)
+    pid = resolver.running_pid(ctx)
+    ctx.db.execute("UPDATE interfaces SET address6 = 'fd42:42::1/64' WHERE id = ?", [interface["id"]])
+    report = apply.interface_changed(ctx, interface["id"])
+    assert ("resolver", "resolver: restarted (listen addresses changed)") in report.changes
+    assert resolver.running_pid(ctx) not in (None, pid)
+    listening = lab["server"].run(["ss", "-lunH"]).stdout
+    assert "10.8.0.1:53 " in listening and "[fd42:42::1]:53 " in listening
+    assert dig(lab["client"], "10.8.0.1", SERVED_NAME) == ("NOERROR", [SERVED_ADDRESS])
