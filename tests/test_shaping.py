@@ -271,3 +271,30 @@ def test_interface_default_for_everyone_is_one_action(lab):
     counters = shaping.class_counters(ctx, interface, clients_service.for_interface(db, interface["id"]))
     assert sorted(r["client"]["name"] for r in counters) == [f"d{i}" for i in range(5)]
     assert re.fullmatch(r"\d+", str(counters[0]["bytes"]))
+
+
+@pytest.mark.netns
+@requires_root_tools("tc", "ip", "ping")
+def test_ipv6_traffic_shares_the_clients_class(lab):
+    ctx, server, peer, interface, name, peer_dev = lab
+    db = ctx.db
+    interface = interfaces_service.update(db, interface["id"], {"address6": "fd42:42::1/64"})[1]
+    server.run(["ip", "-6", "addr", "add", "fd42:42::1/64", "dev", name, "nodad"])
+    alice = make_client(db, interface, "alice", down_mbit="5", up_mbit="2")
+    assert alice["ip6"]                                   # the IPv6 twin of its IPv4 address
+    shaping.reconcile(ctx, [(interface, clients_service.for_interface(db, interface["id"]))])
+    minor = shaping.wg_device(interface).minor(alice)
+
+    mac = peer.run(["cat", f"/sys/class/net/{peer_dev}/address"]).stdout.strip()
+    server.run(["ip", "-6", "neigh", "replace", alice["ip6"], "lladdr", mac, "dev", name])
+    peer.run(["ip", "-6", "addr", "add", f"{alice['ip6']}/128", "dev", peer_dev, "nodad"])
+    peer.run(["ip", "-6", "route", "add", "fd42:42::1/128", "dev", peer_dev])
+    peer.run(["ping", "-6", "-c", "3", "-i", "0.05", "-W", "1", "-I", alice["ip6"], "fd42:42::1"])
+
+    # Echo replies (and neighbour discovery answers) to alice are her download; her echoes her upload.
+    assert _classes(server, name)[minor]["packets"] >= 3
+    assert _classes(server, shaping.ifb_name(name))[minor]["packets"] >= 3
+    # Lifting the limits removes the IPv6 filters along with the IPv4 ones.
+    clients_service.update(db, alice["id"], {"down_mbit": "0", "up_mbit": "0"})
+    shaping.client_changed(ctx, interface, clients_service.get(db, alice["id"]))
+    assert _filters(server, name) == {} and _classes(server, name) == {}

@@ -44,7 +44,9 @@ import re
 from .system import CommandError
 
 ROOT = "1:"
-PRIO = 10
+PRIO = 10                   # IPv4 filters
+PRIO6 = 11                  # IPv6 filters: the same classes, so both families share one limit
+V6_TABLE = 0x2              # IPv6: one 256-bucket table keyed on the address's last byte
 L1_TABLE = 0x1
 L2_BASE = 0x100
 TCP_OVERHEAD = 52           # IPv4 20 + TCP 20 + timestamps 12
@@ -118,7 +120,7 @@ class Device:
 
     def signature(self):
         nets = ",".join(str(n) for n in self.networks)
-        return f"puqvpn shaping {nets} mtu {self.mtu} {'id' if self.by_id else 'ip'}"
+        return f"puqvpn shaping {nets} mtu {self.mtu} {'id' if self.by_id else 'ip'} v6"
 
     def minor(self, client):
         if self.by_id:
@@ -164,6 +166,28 @@ def filter_handle(ip):
     return L2_BASE + third, fourth, node
 
 
+def filter_handle6(ip6):
+    """(table, bucket, node) of a client's IPv6 filter: bucket = last byte, node from the bytes above.
+
+    Pools hand out IPv6 addresses by host number, so a bucket holds one
+    client per 256 and node ids stay distinct for up to a million clients.
+    """
+    value = int(ipaddress.IPv6Address(ip6)) & 0xffffffff
+    return V6_TABLE, value & 0xff, (value >> 8) % 4095 + 1
+
+
+def _handles(client):
+    """Every (prio, protocol, handle) of a client's filters."""
+    found = [(PRIO, "ip", filter_handle(client["ip"]))]
+    if client.get("ip6"):
+        found.append((PRIO6, "ipv6", filter_handle6(client["ip6"])))
+    return found
+
+
+def _prio_of(handle):
+    return (PRIO6, "ipv6") if handle[0] == V6_TABLE else (PRIO, "ip")
+
+
 # -- tc lines ----------------------------------------------------------------
 
 def _skeleton_lines(dev, target, offset):
@@ -180,6 +204,12 @@ def _skeleton_lines(dev, target, offset):
                      f"hashkey mask 0x000000ff at {offset} link {L2_BASE + octet:x}:")
     lines.append(f"filter add dev {target} parent {ROOT} prio {PRIO} protocol ip handle 800::1 u32 ht 800:: "
                  f"match u32 0 0 hashkey mask 0x0000ff00 at {offset} link {L1_TABLE:x}:")
+    # IPv6: the last 32 bits of the address sit at 20 (source) or 36 (destination).
+    offset6 = 36 if offset == 16 else 20
+    lines.append(f"filter add dev {target} parent {ROOT} prio {PRIO6} handle {V6_TABLE:x}: protocol ipv6 "
+                 f"u32 divisor 256")
+    lines.append(f"filter add dev {target} parent {ROOT} prio {PRIO6} protocol ipv6 u32 match u32 0 0 "
+                 f"hashkey mask 0x000000ff at {offset6} link {V6_TABLE:x}:")
     return lines
 
 
@@ -213,6 +243,11 @@ def client_lines(dev, client, down, up):
             f"{table:x}:{bucket:x}:{node:x} u32 ht {table:x}:{bucket:x}: match ip {match} {client['ip']}/32 "
             f"flowid 1:{minor:x}",
         ]
+        if client.get("ip6"):
+            t6, b6, n6 = filter_handle6(client["ip6"])
+            lines.append(f"filter replace dev {target} parent {ROOT} prio {PRIO6} protocol ipv6 handle "
+                         f"{t6:x}:{b6:x}:{n6:x} u32 ht {t6:x}:{b6:x}: match ip6 {match} {client['ip6']}/128 "
+                         f"flowid 1:{minor:x}")
     return lines
 
 
@@ -307,7 +342,9 @@ _FILTER_RE = re.compile(r"fh ([0-9a-f]+):([0-9a-f]+):([0-9a-f]+) .*?flowid 1:([0
 
 def _filter_del(target, handle):
     table, bucket, node = handle
-    return f"filter del dev {target} parent {ROOT} prio {PRIO} protocol ip handle {table:x}:{bucket:x}:{node:x} u32"
+    prio, protocol = _prio_of(handle)
+    return (f"filter del dev {target} parent {ROOT} prio {prio} protocol {protocol} handle "
+            f"{table:x}:{bucket:x}:{node:x} u32")
 
 
 def converge(ctx, dev, clients_limits):
@@ -327,15 +364,16 @@ def converge(ctx, dev, clients_limits):
             _teardown(ctx, dev)
         return "unshaped"
     minors = {dev.minor(c) for c, _d, _u in wanted}
-    handles = {filter_handle(c["ip"]) for c, _d, _u in wanted}
-    if len(minors) != len(wanted) or len(handles) != len(wanted):
+    handles = [h for c, _d, _u in wanted for _p, _proto, h in _handles(c)]
+    if len(minors) != len(wanted) or len(set(handles)) != len(handles):
         raise ShapingError(f"two clients map to the same tc class or filter on {dev.name}")
     if state == "bare":
         _build(ctx, dev, wanted)
         return "built"
     lines = []
     for target, index in ((dev.name, 1), (dev.ifb, 2)):
-        keep = {(filter_handle(c["ip"]), dev.minor(c)) for c, *limits in wanted if limits[index - 1]}
+        keep = {(handle, dev.minor(c)) for c, *limits in wanted if limits[index - 1]
+                for _prio, _proto, handle in _handles(c)}
         keep_minors = {minor for _handle, minor in keep}
         for handle, minor in sorted(live_filters(ctx, target).items()):
             if (handle, minor) not in keep:
@@ -368,13 +406,11 @@ def _delete_quietly(ctx, lines):
 
 
 def _client_delete_lines(dev, client, targets):
-    table, bucket, node = filter_handle(client["ip"])
     minor = dev.minor(client)
     lines = []
     for target in targets:
-        lines += [f"filter del dev {target} parent {ROOT} prio {PRIO} protocol ip handle "
-                  f"{table:x}:{bucket:x}:{node:x} u32",
-                  f"class del dev {target} classid 1:{minor:x}"]
+        lines += [_filter_del(target, handle) for _prio, _proto, handle in _handles(client)]
+        lines.append(f"class del dev {target} classid 1:{minor:x}")
     return lines
 
 
