@@ -165,7 +165,7 @@ def test_a_setting_change_reloads_without_a_restart(lab, tmp_path):
     _, changes = switch_on(ctx, blocklist=str(blocklist), cache_max_ttl=300)
     assert changes[-1] == "resolver: reloaded" and resolver.running_pid(ctx) == pid
     assert dig(lab["client"], "10.8.0.1", SERVED_NAME) == ("NXDOMAIN", [])
-    switch_on(ctx)
+    switch_on(ctx, blocklist="")
     assert dig(lab["client"], "10.8.0.1", SERVED_NAME) == ("NOERROR", [SERVED_ADDRESS])
 
 

@@ -1,6 +1,8 @@
 """The clients' DNS resolver: what the unbound config says, what is refused, and how it is loaded."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -204,6 +206,21 @@ def test_a_config_unbound_rejects_leaves_file_and_daemon_untouched(db, settings)
     assert resolver.conf_path(ctx).read_text() == before
     assert resolver.load_options(db)["forwarders"] == ["9.9.9.9"]      # the old options are back
     assert [p.name for p in resolver.conf_path(ctx).parent.iterdir()] == ["puqvpn.conf"]   # no temp left
+
+
+def test_a_stale_pid_file_never_points_the_panel_at_another_process(db, settings):
+    ctx = Context(db, settings, FakeRunner())
+    pidfile = Path(resolver.run_paths(settings)["pidfile"])
+    pidfile.parent.mkdir(parents=True)
+    pidfile.write_text(f"{os.getpid()}\n")          # alive, but not our unbound
+    assert resolver.running_pid(ctx) is None and resolver.stop(ctx) is False
+
+
+def test_options_not_given_keep_their_saved_value(db, settings):
+    resolver.save_options(db, {"forwarders": "9.9.9.9", "cache_max_ttl": 600})
+    resolver.apply_options(Context(db, settings_module.Settings(settings, SYSTEM_APPLY="0")), {"enabled": True})
+    options = resolver.load_options(db)
+    assert (options["enabled"], options["forwarders"], options["cache_max_ttl"]) == (True, ["9.9.9.9"], 600)
 
 
 def test_backend_does_nothing_while_the_resolver_is_off_and_not_running(db, settings):

@@ -381,10 +381,12 @@ def running_pid(ctx):
     """unbound's PID from its pid file if that process is alive and is unbound; else None."""
     try:
         pid = int(Path(run_paths(ctx.settings)["pidfile"]).read_text().split()[0])
-        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError, IndexError):
         return None
-    return pid if comm == "unbound" else None
+    # A stale pid file must never make the panel signal another unbound (say, the system's).
+    ours = Path(argv[0].decode(errors="replace")).name == "unbound" and str(conf_path(ctx)).encode() in argv
+    return pid if ours else None
 
 
 def check(ctx, path):
@@ -495,12 +497,14 @@ def ensure(ctx):
 
 
 def apply_options(ctx, options):
-    """Save new options and put them live; a rejected configuration keeps the old options.
+    """Save new options (missing ones keep their saved value) and put them live.
 
-    Raises ResolverError (validation or unbound-checkconf) with nothing changed.
+    Raises ResolverError (validation or unbound-checkconf) with the old
+    options back in place and nothing live changed.
     """
     previous = load_options(ctx.db)
-    cleaned = save_options(ctx.db, options)     # one statement: atomic on its own
+    # Fields not given keep their saved value.
+    cleaned = save_options(ctx.db, {**previous, **dict(options)})     # one statement: atomic on its own
     if not ctx.live:
         return cleaned, []
     try:
