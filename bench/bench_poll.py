@@ -97,6 +97,7 @@ def synthetic(peers, polls, workdir):
     print(f"CPU per poll: p50 {statistics.median(times):.0f} ms, max {max(times):.0f} ms; "
           f"wall p50 {statistics.median(walls):.0f} ms (target < 250 ms CPU)")
     db.conn.close()
+    return {"cpu_p50": statistics.median(times), "cpu_max": max(times), "wall_p50": statistics.median(walls)}
 
 
 def live(peers, polls, workdir):

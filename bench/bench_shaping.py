@@ -80,7 +80,7 @@ def rate_accuracy(rates, seconds, workdir, show_classes=False):
         server.popen(["iperf3", "-s", "-B", "10.8.0.1"])
         wait_until(lambda: ":5201" in server.run(["ss", "-ltnH"]).stdout)
         print(f"{'none':>8} {iperf(client, True, 3):9.2f} {'':>7} {iperf(client, False, 3):9.2f}")
-        worst = 0.0
+        worst, results = 0.0, []
         for rate in rates:
             clients_service.update(db, row["id"], {"down_mbit": str(rate), "up_mbit": str(rate)})
             apply.client_changed(ctx, row["id"])
@@ -88,11 +88,13 @@ def rate_accuracy(rates, seconds, workdir, show_classes=False):
             errors = [(down - rate) / rate * 100, (up - rate) / rate * 100]
             worst = max(worst, *map(abs, errors))
             print(f"{rate:>8g} {down:9.3f} {errors[0]:+6.1f}% {up:9.3f} {errors[1]:+6.1f}%")
+            results.append({"rate": rate, "down": down, "up": up, "down_error": errors[0], "up_error": errors[1]})
             if show_classes:
                 for stats in shaping.class_counters(ctx, interface, [clients_service.get(db, row["id"])]):
                     print(f"         {stats['direction']:>4} class {stats['rate']}: {stats['packets']} packets, "
                           f"{stats['dropped']} dropped, {stats['overlimits']} overlimits")
         print(f"worst error {worst:.1f}% (target 5%)")
+        return results
     finally:
         client.close()
         server.close()
