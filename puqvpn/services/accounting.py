@@ -180,7 +180,7 @@ def record(ctx, samples, zeroed=(), ike_complete=False, now=None):
     with transaction(ctx.db):
         last = {(r[0], r[1]): (r[2], r[3]) for r in conn.execute("SELECT client_id, source, rx, tx FROM counters")}
         status = {r[0]: (r[1], r[2]) for r in conn.execute("SELECT id, last_handshake, endpoint FROM clients")}
-        counter_rows, new_sources, status_rows = [], [], []
+        counter_rows, new_sources, status_changed = [], [], set()
         for s in samples:
             if s.client_id not in status:
                 continue                      # deleted meanwhile
@@ -201,7 +201,7 @@ def record(ctx, samples, zeroed=(), ike_complete=False, now=None):
             new_endpoint = s.endpoint or endpoint
             if (new_handshake, new_endpoint) != (handshake, endpoint):
                 status[s.client_id] = (new_handshake, new_endpoint)
-                status_rows.append((new_handshake, new_endpoint, s.client_id))
+                status_changed.add(s.client_id)
 
         for client_id, source in new_sources:
             kind = source.split(":", 1)[0]
@@ -217,13 +217,15 @@ def record(ctx, samples, zeroed=(), ike_complete=False, now=None):
             "updated_at = excluded.updated_at", counter_rows)
         conn.executemany("UPDATE counters SET rx = 0, tx = 0, updated_at = ? WHERE client_id = ? AND source = ? "
                          "AND (rx != 0 OR tx != 0)", [(int(now), c, s) for c, s in zeroed])
-        conn.executemany("UPDATE clients SET last_handshake = ?, endpoint = ? WHERE id = ?", status_rows)
+        conn.executemany("UPDATE clients SET last_handshake = ?, endpoint = ? WHERE id = ?",
+                         [(*status[c], c) for c in status_changed if c not in deltas])
 
         _roll_periods(conn, stamp.date())
-        rows = [(rx, tx, rx, tx, client_id) for client_id, (rx, tx) in deltas.items()]
+        # Totals and status in one statement per client that moved bytes.
+        rows = [(rx, tx, rx, tx, *status[client_id], client_id) for client_id, (rx, tx) in deltas.items()]
         conn.executemany("UPDATE clients SET rx_bytes = rx_bytes + ?, tx_bytes = tx_bytes + ?, "
-                         "period_rx_bytes = period_rx_bytes + ?, period_tx_bytes = period_tx_bytes + ? "
-                         "WHERE id = ?", rows)
+                         "period_rx_bytes = period_rx_bytes + ?, period_tx_bytes = period_tx_bytes + ?, "
+                         "last_handshake = ?, endpoint = ? WHERE id = ?", rows)
         for table, column, key in (("traffic_hourly", "hour", hour), ("traffic_daily", "day", day)):
             conn.executemany(
                 f"INSERT INTO {table} (client_id, {column}, rx, tx) VALUES (?, ?, ?, ?) "
