@@ -15,7 +15,9 @@ Layout on each tunnel device (``wgN``, and libipsec's ``ipsec0`` for IKEv2):
   octet, where one filter per limited client sits.  A lookup costs two hash
   steps and a one-entry bucket, whatever the number of clients, and each
   filter has its own ``table:bucket:node`` handle, so the 4,095-handle limit
-  of one prio never applies.
+  of one prio never applies.  IPv6 packets are classified into the same
+  class (one limit for both families) through a 256-bucket table on the
+  address's last byte, at its own prio.
 
 Class ids and filter handles are computed from the client (its address, or
 its id where addresses can repeat), so reconcile and single changes always
@@ -29,12 +31,17 @@ R * MTU / (MTU - 52): what iperf3 and a user's download meter report is then
 the declared R (at MTU 1420 the factor is 1.038; bench/bench_shaping.py
 measures it).
 
-Capabilities: this is written for kernels with HTB, u32, IFB, mirred and
-bfifo only (tc police, flower, matchall, fq_codel and sfq are missing here).
-On a kernel that has more, the same layout stays correct; fq_codel as the
-leaf qdisc would lower queueing delay (``LEAF_QDISC``), and police could
-replace the IFB for upload at the cost of dropping instead of queueing, so
-the IFB is kept on purpose.
+Leaf queues are byte FIFOs of 100 ms at the rate, but never smaller than two
+64 KiB GSO/GRO packets: the qdisc sees TCP's super-packets before they are
+cut to the MTU, and a smaller byte queue drops them all.
+
+Capabilities: the code uses only HTB, u32, IFB, mirred and bfifo, which
+every Linux kernel with tc has; it does not probe for more.  On a kernel
+that also has tc police, flower, matchall or fq_codel it does exactly the
+same.  Deliberately: police drops instead of queueing (TCP goodput then
+falls well below the limit, so the IFB stays), flower and matchall would
+classify no faster than the hash; fq_codel as the leaf (``LEAF_QDISC``)
+would cut queueing delay and is the one change worth making where it exists.
 """
 
 import hashlib
