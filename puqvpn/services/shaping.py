@@ -39,9 +39,10 @@ Capabilities: the code uses only HTB, u32, IFB, mirred and bfifo, which
 every Linux kernel with tc has; it does not probe for more.  On a kernel
 that also has tc police, flower, matchall or fq_codel it does exactly the
 same.  Deliberately: police drops instead of queueing (TCP goodput then
-falls well below the limit, so the IFB stays), flower and matchall would
-classify no faster than the hash; fq_codel as the leaf (``LEAF_QDISC``)
-would cut queueing delay and is the one change worth making where it exists.
+falls well below the limit, so the IFB stays); flower and matchall are not
+needed, since the u32 hash already finds a client in two hash steps; fq_codel
+as the leaf (``LEAF_QDISC``) would cut queueing delay and is the one change
+worth making where it exists.
 """
 
 import hashlib
