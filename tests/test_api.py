@@ -215,6 +215,25 @@ def test_ikev2_profiles_answer_409_where_the_interface_has_no_ikev2(api, make_cl
         assert "IKEv2 is not enabled on wg0" in body["message"]
 
 
+def test_ikev2_profiles_once_the_interface_has_ikev2_and_certificates(api, db, make_client):
+    import plistlib
+    import json
+    make_client("road-warrior")
+    assert api.patch("/interfaces/wg0", json={"ikev2_enabled": True}).get_json()["ikev2_enabled"] is True
+    body = assert_error(api.get("/clients/road-warrior/ikev2.sswan"), 409, "ikev2_not_ready")
+    assert "certificate" in body["message"]
+    api.post("/ikev2/ca", json={"key_type": "ecdsa-p256"})
+    api.post("/ikev2/server-cert", json={"domain": "vpn.example.com", "ipv4": "192.0.2.1"})
+
+    sswan = api.get("/clients/road-warrior/ikev2.sswan")
+    assert sswan.mimetype == "application/vnd.strongswan.profile"
+    assert json.loads(sswan.data)["remote"]["id"] == "vpn.example.com"
+    mobileconfig = plistlib.loads(api.get("/clients/road-warrior/ikev2.mobileconfig").data)
+    assert mobileconfig["PayloadType"] == "Configuration"
+    assert "Add-VpnConnection" in api.get("/clients/road-warrior/ikev2-windows.ps1").get_data(as_text=True)
+    assert "[vpn]" in api.get("/clients/road-warrior/ikev2-nm.nmconnection").get_data(as_text=True)
+
+
 def test_the_ikev2_ca_and_server_certificate(api, db):
     assert_error(api.get("/ikev2/ca.crt"), 404)
     assert_error(api.post("/ikev2/server-cert", json={"domain": "vpn.example.com", "ipv4": "192.0.2.1"}), 409)

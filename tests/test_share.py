@@ -150,7 +150,12 @@ def test_ikev2_shows_credentials_and_the_ca_where_the_interface_has_it(client, d
     # Android's steps come first for an Android phone.
     assert text.index('id="steps-android"') < text.index('id="steps-ios"')
     ca_url = re.search(r'href="([^"]+ca\.crt[^"]*)"', text).group(1).replace("&amp;", "&")
-    assert client.get(ca_url).get_data(as_text=True) == pki.get(db, "ca")["cert_pem"]
+    assert client.get(ca_url).data == pki.to_der(pki.get(db, "ca")["cert_pem"])     # DER, as phones install it
+    # The profiles for every platform are offered, and download within the visit.
+    for kind in ("sswan", "mobileconfig", "windows", "nmconnection"):
+        url = re.search(rf'href="([^"]+/ikev2/{kind}\?[^"]*)"', text).group(1).replace("&amp;", "&")
+        download = client.get(url)
+        assert download.status_code == 200 and download.headers["Content-Disposition"].startswith("attachment")
 
 
 # ------------------------------------------------------------------ operators

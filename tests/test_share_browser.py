@@ -80,3 +80,27 @@ def test_a_customer_opens_a_share_link_on_a_phone(live_server, phone, tmp_path):
     assert response.status == 410
     expect(phone.locator("h1")).to_have_text("This link is no longer valid")
     snap(phone, "share-3-gone")
+
+
+def test_where_ikev2_is_on_the_page_offers_the_ca_and_the_phones_profile(live_server, phone):
+    from puqvpn.services import pki, share_links
+    db = live_server.db
+    wg0 = interfaces.create(db, {"name": "wg0", "address": "10.8.0.1/24", "listen_port": "51820",
+                                 "endpoint": "vpn.example.com", "ikev2_enabled": True})
+    bob = clients.create(db, {"interface": wg0["id"], "name": "bob"})
+    pki.generate_ca(db, "Example VPN CA", "Example", key_type="ecdsa-p256")
+    pki.generate_server(db, "vpn.example.com", "192.0.2.1")
+    _row, token = share_links.create(db, bob["id"], 24, 1)
+
+    phone.goto(f"{live_server.url}/s/{token}")
+    phone.click("#open-setup")
+    expect(phone.locator("#ikev2-password")).to_have_text(bob["password"])
+    expect(phone.locator("#steps-android")).to_have_attribute("open", "")     # an Android phone: its steps first
+    snap(phone, "share-4-ikev2")
+    with phone.expect_download() as download:
+        phone.click("#download-ca")
+    assert open(download.value.path(), "rb").read() == pki.to_der(pki.get(db, "ca")["cert_pem"])
+    with phone.expect_download() as download:
+        phone.click("#download-android")
+    assert download.value.suggested_filename == "bob.sswan"
+    assert phone.errors == []

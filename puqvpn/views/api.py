@@ -15,14 +15,13 @@ import datetime
 import functools
 import logging
 import time
-from importlib import import_module
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException
 
 from .. import __version__, csrf
 from ..db import get_db
-from ..services import accounting, api_schema, clients, interfaces, share_links, tokens, wgconfig
+from ..services import accounting, api_schema, clients, interfaces, pki, share_links, tokens, wgconfig
 from ..services.system import CommandError
 from ..services.validation import FieldError, ValidationError
 from ._common import context, settings
@@ -267,19 +266,18 @@ def status():
     from . import status_panels
     db = get_db()
     ctx = context()
-    wg_backend = settings()["WG_BACKEND"]
-    ipsec_backend = settings()["IPSEC_BACKEND"]
+    wg_backend, ipsec_backend = settings()["WG_BACKEND"], settings()["IPSEC_BACKEND"]
     if ctx.live:
-        for module_name, attribute in (("wireguard", "backend"), ("strongswan", "backend")):
-            try:
-                function = getattr(import_module(f"puqvpn.services.{module_name}"), attribute)
-                value = function(ctx)
-            except Exception as error:  # a broken backend is reported, not fatal
-                value = f"unknown ({error})"
-            if module_name == "wireguard":
-                wg_backend = value
-            else:
-                ipsec_backend = value
+        # Detected on the live system; off it (SYSTEM_APPLY=0) the settings say what would be used.
+        from ..services import strongswan, wireguard
+        try:
+            wg_backend = wireguard.backend(ctx)
+        except (CommandError, RuntimeError) as error:
+            wg_backend = f"unknown ({error})"
+        try:
+            ipsec_backend = strongswan.ipsec_backend(ctx)
+        except (CommandError, RuntimeError, OSError) as error:
+            ipsec_backend = f"unknown ({error})"
     counts = clients.counts(db, _now(), settings().int("ONLINE_TIMEOUT"))
     counts["interfaces"] = next(db.query("SELECT count(*) AS n FROM interfaces"))["n"]
     services = [{"title": p["title"], "state": p.get("state", ""), "detail": str(p.get("detail", ""))}
@@ -430,24 +428,27 @@ def online():
 
 
 def _ikev2_online():
-    """IKEv2 sessions from strongSwan, where that backend reports them."""
-    if not settings().bool("SYSTEM_APPLY"):
+    """Established IKEv2 sessions, from charon, where any interface has IKEv2 on."""
+    db = get_db()
+    if not settings().bool("SYSTEM_APPLY") or not next(
+            db.query("SELECT 1 FROM interfaces WHERE ikev2_enabled = 1 LIMIT 1"), None):
         return []
+    from ..services import strongswan
     try:
-        strongswan = import_module("puqvpn.services.strongswan")
-    except ModuleNotFoundError:
-        return []
-    sessions = getattr(strongswan, "sessions", None)
-    if sessions is None:
-        return []
-    try:
-        listed = sessions(context())
-    except Exception as error:  # charon down: WireGuard's list still answers
+        sessions = strongswan.list_sessions(context())
+    except strongswan.StrongswanError as error:   # charon down: WireGuard's list still answers
         log.warning("IKEv2 sessions unavailable: %s", error)
         return []
-    return [{"name": s.get("name") or s.get("username", ""), "interface": s.get("interface", ""),
-             "protocol": "ikev2", "remote": s.get("remote"), "since": s.get("since"), "last_handshake": None}
-            for s in listed]
+    found = []
+    for sa in sessions:
+        row = next(db.query("SELECT c.name, i.name AS interface FROM clients c JOIN interfaces i "
+                            "ON i.id = c.interface_id WHERE c.id = ?", [sa["client_id"]]), None)
+        if row is None:
+            continue      # the probe connection, or a client deleted a moment ago
+        found.append({"name": row["name"], "interface": row["interface"], "protocol": "ikev2",
+                      "remote": f"{sa['remote_addr']}:{sa['remote_port']}", "since": _stamp(sa["connected_since"]),
+                      "last_handshake": None})
+    return found
 
 
 @operation("/clients/<name>", "GET", summary="Get a client", tag="clients", response="Client")
@@ -517,7 +518,7 @@ def change_password(name, body):
 
 
 @operation("/clients/<name>/sessions", "DELETE", summary="Drop the client's live connections", tag="clients",
-           role="operator", response="SessionsDropped",
+           role="operator", response="SessionsDropped", errors=(503,),
            description="WireGuard: the peer's session keys are discarded, so it must handshake again. "
                        "IKEv2: its IKE SAs are terminated.  A suspended client has no live connections.")
 def drop_sessions(name):
@@ -532,18 +533,14 @@ def drop_sessions(name):
             wireguard.remove_peer(ctx, interface, row["public_key"])
             wireguard.set_peer(ctx, interface, row)
             dropped.append("wireguard")
-        except Exception as error:
+        except (CommandError, RuntimeError) as error:
             raise ApiError(503, "unavailable", f"could not reset the WireGuard peer: {error}") from None
-        try:
-            strongswan = import_module("puqvpn.services.strongswan")
-        except ModuleNotFoundError:
-            strongswan = None
-        terminate = getattr(strongswan, "terminate_client", None)
-        if terminate is not None and interface["ikev2_enabled"]:
+        if interface["ikev2_enabled"]:
+            from ..services import strongswan
             try:
-                if terminate(ctx, interface, row):
+                if strongswan.terminate_client(ctx, row):
                     dropped.append("ikev2")
-            except Exception as error:
+            except strongswan.StrongswanError as error:
                 raise ApiError(503, "unavailable", f"could not end the IKEv2 sessions: {error}") from None
     return jsonify(name=row["name"], dropped=dropped)
 
@@ -576,45 +573,35 @@ def wireguard_svg(name):
     return Response(qr_svg(text), mimetype="image/svg+xml")
 
 
-# kind -> (file name suffix, media type); the profiles service renders them.
+# kind (as services/profiles.py names it) -> (path suffix, media type).
 IKEV2_PROFILES = {
     "sswan": ("ikev2.sswan", "application/vnd.strongswan.profile"),
     "mobileconfig": ("ikev2.mobileconfig", "application/x-apple-aspen-config"),
     "windows": ("ikev2-windows.ps1", "text/plain"),
-    "nm": ("ikev2-nm.nmconnection", "text/plain"),
+    "nmconnection": ("ikev2-nm.nmconnection", "text/plain"),
 }
 
 
-def ikev2_profile(db, client, interface, kind, base_url):
-    """(filename, media type, body) of an IKEv2 profile, or raise ApiError (409 or 503) saying why not.
+def ikev2_profile(db, client, interface, kind):
+    """(filename, media type, bytes) of a client's IKEv2 profile, or ApiError 409 saying why not.
 
     Shared with the share page.
     """
     if not interface["ikev2_enabled"]:
         raise ApiError(409, "ikev2_disabled", f"IKEv2 is not enabled on {interface['name']}; "
                                               "this client can only use WireGuard")
+    from ..services import profiles, strongswan
     try:
-        profiles = import_module("puqvpn.services.profiles")
-    except ModuleNotFoundError:
-        raise ApiError(503, "unavailable", "IKEv2 profiles are not available in this installation") from None
-    render = getattr(profiles, "render", None)
-    if render is None:
-        raise ApiError(503, "unavailable", "IKEv2 profiles are not available in this installation")
-    try:
-        result = render(db, interface, client, kind)
-    except ValidationError as error:
+        return profiles.build(db, kind, interface, client, strongswan.get_options(db))
+    except profiles.ProfileError as error:
         raise ApiError(409, "ikev2_not_ready", str(error)) from None
-    filename_suffix, media = IKEV2_PROFILES[kind]
-    if isinstance(result, tuple):
-        return result
-    return f"{client['name']}-{filename_suffix}", media, result
 
 
 def _ikev2_route(kind):
     def view(name):
         row = _client_by_name(name)
         interface = interfaces.get(get_db(), row["interface_id"])
-        filename, media, body = ikev2_profile(get_db(), row, interface, kind, _base_url())
+        filename, media, body = ikev2_profile(get_db(), row, interface, kind)
         return Response(body, mimetype=media, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
     return view
 
@@ -623,8 +610,8 @@ for _kind, (_suffix, _media) in IKEV2_PROFILES.items():
     _view = _ikev2_route(_kind)
     _view.__name__ = f"ikev2_profile_{_kind}"
     operation(f"/clients/<name>/{_suffix}", "GET", summary=f"The client's IKEv2 profile ({_suffix})",
-              tag="profiles", role="operator", content=_media, errors=(409, 503),
-              description="409 where the client's interface has no IKEv2.")(_view)
+              tag="profiles", role="operator", content=_media, errors=(409,),
+              description="409 where the client's interface has no IKEv2, or IKEv2 lacks its certificates.")(_view)
 
 
 # ------------------------------------------------------------------ usage
@@ -724,14 +711,7 @@ def revoke_share_link(link_id):
 
 # ------------------------------------------------------------------ IKEv2 certificates
 
-def _pki():
-    try:
-        return import_module("puqvpn.services.pki")
-    except ModuleNotFoundError:
-        raise ApiError(503, "unavailable", "IKEv2 certificates are not available in this installation") from None
-
-
-def cert_json(pki, kind, row):
+def cert_json(kind, row):
     return dict(pki.cert_info(row["cert_pem"]), kind=kind, certificate_pem=row["cert_pem"])
 
 
@@ -742,10 +722,9 @@ def _certificates_changed():
 
 
 @operation("/ikev2/ca.crt", "GET", summary="The IKEv2 root CA certificate (PEM)", tag="ikev2",
-           content="application/x-x509-ca-cert", errors=(404, 503),
+           content="application/x-x509-ca-cert", errors=(404,),
            description="Devices import this to trust the server certificate.")
 def ikev2_ca_crt():
-    pki = _pki()
     row = pki.get(get_db(), "ca")
     if row is None:
         raise ApiError(404, "not_found", "there is no IKEv2 CA yet: create one with POST /api/v1/ikev2/ca")
@@ -760,37 +739,34 @@ def _guard_replace(pki, replace):
 
 
 @operation("/ikev2/ca", "POST", summary="Generate the IKEv2 root CA", tag="ikev2", role="admin",
-           body="CaGenerate", body_required=False, response="Certificate", status=201, errors=(409, 503),
+           body="CaGenerate", body_required=False, response="Certificate", status=201, errors=(409,),
            description="A new CA drops a server certificate it did not sign.")
 def ikev2_generate_ca(body):
-    pki = _pki()
     _guard_replace(pki, body.get("replace"))
     row = pki.generate_ca(get_db(), body.get("common_name") or "puqvpn Root CA",
                           body.get("organization") or "puqvpn", body.get("country"), body.get("state"),
                           body.get("locality"), body.get("unit"), body.get("key_type") or "rsa3072")
     _certificates_changed()
-    return jsonify(cert_json(pki, "ca", row)), 201
+    return jsonify(cert_json("ca", row)), 201
 
 
 @operation("/ikev2/ca", "PUT", summary="Import an IKEv2 root CA (certificate and key, PEM)", tag="ikev2",
-           role="admin", body="CaImport", response="Certificate", errors=(409, 503))
+           role="admin", body="CaImport", response="Certificate", errors=(409,))
 def ikev2_import_ca(body):
-    pki = _pki()
     _guard_replace(pki, body.get("replace"))
     row = pki.import_ca(get_db(), body["certificate_pem"], body["key_pem"])
     _certificates_changed()
-    return jsonify(cert_json(pki, "ca", row))
+    return jsonify(cert_json("ca", row))
 
 
 @operation("/ikev2/server-cert", "POST", summary="Issue the IKEv2 server certificate from the CA", tag="ikev2",
-           role="admin", body="ServerCertCreate", response="Certificate", status=201, errors=(409, 503))
+           role="admin", body="ServerCertCreate", response="Certificate", status=201, errors=(409,))
 def ikev2_server_cert(body):
-    pki = _pki()
     if pki.get(get_db(), "ca") is None:
         raise ApiError(409, "no_ca", "create or import the IKEv2 CA first")
     row = pki.generate_server(get_db(), body["domain"], body["ipv4"], body.get("ipv6"))
     _certificates_changed()
-    return jsonify(cert_json(pki, "server", row)), 201
+    return jsonify(cert_json("server", row)), 201
 
 
 # ------------------------------------------------------------------ wiring

@@ -27,7 +27,7 @@ PLATFORMS = (
     ("ios", "iPhone and iPad", "mobileconfig"),
     ("macos", "macOS", "mobileconfig"),
     ("windows", "Windows", "windows"),
-    ("linux", "Linux (NetworkManager)", "nm"),
+    ("linux", "Linux (NetworkManager)", "nmconnection"),
 )
 
 
@@ -118,7 +118,7 @@ def _ikev2_downloads(token, client, interface, visit):
         if kind in available:
             continue
         try:
-            ikev2_profile(get_db(), client, interface, kind, "")
+            ikev2_profile(get_db(), client, interface, kind)
         except ApiError as error:
             problem = error.message
             continue
@@ -142,13 +142,14 @@ def wireguard_conf(token):
 @bp.route("/s/<token>/ca.crt")
 @public
 def ca(token):
-    from ..services import pki
+    from ..services import pki, profiles
     _visit(token)
     row = pki.get(get_db(), "ca")
     if row is None:
         abort(404)
-    return Response(row["cert_pem"], mimetype="application/x-x509-ca-cert",
-                    headers={"Content-Disposition": 'attachment; filename="puqvpn-ca.crt"'})
+    # DER .crt: what phones and Windows install from a download.
+    filename, media, body = profiles.ca_der_file(row["cert_pem"])
+    return Response(body, mimetype=media, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
 @bp.route("/s/<token>/ikev2/<kind>")
@@ -159,7 +160,7 @@ def ikev2_download(token, kind):
     if kind not in IKEV2_PROFILES:
         abort(404)
     try:
-        filename, media, body = ikev2_profile(get_db(), client, interface, kind, "")
+        filename, media, body = ikev2_profile(get_db(), client, interface, kind)
     except ApiError as error:
         abort(409, error.message)
     return Response(body, mimetype=media, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
