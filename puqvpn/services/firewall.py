@@ -117,8 +117,12 @@ def external_device(ctx, interface, family=4, cache=None):
 
 # ------------------------------------------------------------------ the desired state
 
-def load_state(ctx):
-    """What the ruleset is rendered from: enabled interfaces, port forwards, suspended addresses."""
+def load_state(ctx, elements=True):
+    """What the ruleset is rendered from: enabled interfaces, port forwards, suspended addresses.
+
+    ``elements=False`` leaves the suspended addresses out: enough for the rules
+    and their hash, and much cheaper with thousands of suspended clients.
+    """
     db = ctx.db
     interfaces = list(db.query("SELECT * FROM interfaces WHERE enabled = 1 ORDER BY name"))
     forwards = list(db.query("""
@@ -126,7 +130,8 @@ def load_state(ctx):
         FROM port_forwards f JOIN clients c ON c.id = f.client_id JOIN interfaces i ON i.id = f.interface_id
         WHERE i.enabled = 1 ORDER BY f.proto, f.ext_port"""))
     suspended = {4: set(), 6: set()}
-    for row in db.query("SELECT name, ip, ip6 FROM clients WHERE suspended_reason IS NOT NULL"):
+    rows = db.query("SELECT name, ip, ip6 FROM clients WHERE suspended_reason IS NOT NULL") if elements else ()
+    for row in rows:
         suspended[4].add(_address(row["ip"], 4, f"client {row['name']}"))
         if row["ip6"]:
             suspended[6].add(_address(row["ip6"], 6, f"client {row['name']}"))
@@ -289,11 +294,12 @@ def client_addresses(client):
 
 def ensure_table(ctx, state=None):
     """Reload the whole table if its rules differ from the database; returns what changed."""
-    state = state or load_state(ctx)
-    text, digest = render(ctx, state)
+    # The hash covers the rules only: check it before loading and rendering every set element.
+    digest = rules_hash(render_rules(ctx, state or load_state(ctx, elements=False)))
     current = live_hash(ctx)
     if current == digest:
         return []
+    text, digest = render(ctx, state or load_state(ctx))
     nft_script(ctx, text)
     reason = "was missing" if current is None else "rules changed"
     return [f"firewall: table inet {table_name(ctx)} loaded ({reason})"]
@@ -379,7 +385,6 @@ def status_panel(ctx):
     current = live_hash(ctx)
     if current is None:
         return {"state": "down", "detail": f"table inet {table} is not loaded: press Apply."}
-    _text, digest = render(ctx, load_state(ctx))
-    if current != digest:
+    if current != rules_hash(render_rules(ctx, load_state(ctx, elements=False))):
         return {"state": "warn", "detail": f"table inet {table} differs from the database: press Apply."}
     return {"state": "ok", "detail": f"table inet {table} loaded"}
