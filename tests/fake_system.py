@@ -132,6 +132,19 @@ class FakeSystem:
             return Result(0, "", "")
         if args[0] == "syncconf":
             return self.syncconf(name, input)
+        if args[0] == "addconf":
+            for block in input.split("[Peer]")[1:]:
+                fields = dict(line.split(" = ", 1) for line in block.strip().splitlines())
+                peer = state["peers"].setdefault(fields["PublicKey"], {"hs": 0, "rx": 0, "tx": 0, "psk": None,
+                                                                       "allowed": []})
+                # like wg: a [Peer] section replaces the peer's allowed IPs
+                peer["allowed"] = [a.strip() for a in fields.get("AllowedIPs", "").split(",") if a.strip()]
+                if "Endpoint" in fields:
+                    peer["endpoint"] = fields["Endpoint"]
+                peer["keepalive"] = int(fields.get("PersistentKeepalive", 0))
+                peer.setdefault("nudged", 0)
+                peer["nudged"] += fields.get("PersistentKeepalive") == "1"
+            return Result(0, "", "")
         return fail(f"Invalid subcommand: `{args[0]}'\n")
 
     def syncconf(self, name, text):

@@ -221,6 +221,22 @@ def test_resume_with_a_known_endpoint_makes_the_server_start_the_handshake(ctx, 
     assert system.wg["wg0"]["peers"][alice["public_key"]]["keepalive"] == 0, "left as the database wants it"
 
 
+def test_a_recreated_interface_calls_back_clients_with_a_known_endpoint(ctx, system, wg0):
+    alice = clients.create(ctx.db, {"interface": wg0["id"], "name": "alice"})
+    bob = clients.create(ctx.db, {"interface": wg0["id"], "name": "bob"})
+    ctx.db.execute("UPDATE clients SET endpoint = '198.51.100.7:41234' WHERE id = ?", [alice["id"]])
+    changes = wireguard.interface_changed(ctx, wg0, rows(ctx, wg0))     # after a reboot
+    assert "wg0: handshake started with 1 client(s) at their last endpoint" in changes
+    assert sum(1 for a in system.commands() if a[:2] == ["wg", "addconf"]) == 2
+    peers = system.wg["wg0"]["peers"]
+    assert peers[alice["public_key"]]["nudged"] == 1 and peers[alice["public_key"]]["keepalive"] == 0
+    assert peers[alice["public_key"]]["allowed"] == [f"{alice['ip']}/32", f"{alice['ip6']}/128"], "its addresses are kept"
+    assert "nudged" not in peers[bob["public_key"]], "no endpoint known: nothing to call"
+    system.clear_calls()
+    wireguard.interface_changed(ctx, wg0, rows(ctx, wg0))
+    assert not any(a[:2] == ["wg", "addconf"] for a in system.commands()), "a running interface is left alone"
+
+
 @pytest.mark.parametrize("stored, expected", [
     ("198.51.100.7:41234", "198.51.100.7:41234"),
     ("[2001:db8::7]:51820", "[2001:db8::7]:51820"),

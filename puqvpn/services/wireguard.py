@@ -454,7 +454,30 @@ def bring_up(ctx, interface, clients):
     if "UP" not in (current.get("flags") or []):
         run(ctx, [_ip(ctx), "link", "set", "dev", name, "up"], interface)
         changes.append(f"{name}: up")
+        changes += call_back_clients(ctx, interface, clients)
     return changes
+
+
+def call_back_clients(ctx, interface, clients):
+    """After the interface was (re)created, start a handshake to every client with a known endpoint.
+
+    Their apps still hold sessions the new interface never had; without this
+    they notice only after 15 s of unanswered traffic, or minutes later when
+    idle.  Two `wg addconf` calls whatever the number of clients: endpoints
+    with keepalive on (which sends one at once), then keepalive off again.
+    """
+    name = check_name(interface["name"])
+    known = [c for c in clients if wgconfig.is_active(c) and last_endpoint(c)]
+    if not known:
+        return []
+    for keepalive in (1, 0):
+        # A [Peer] section replaces the peer's allowed IPs, so they are repeated.
+        text = "".join(f"[Peer]\nPublicKey = {_key(c['public_key'])}\n"
+                       f"AllowedIPs = {', '.join(peer_allowed_ips(c))}\n"
+                       + (f"Endpoint = {last_endpoint(c)}\n" if keepalive else "")
+                       + f"PersistentKeepalive = {keepalive}\n\n" for c in known)
+        run(ctx, [_wg(ctx), "addconf", name, "/dev/stdin"], interface, input=text)
+    return [f"{name}: handshake started with {len(known)} client(s) at their last endpoint"]
 
 
 def _is_wireguard(entry):
