@@ -45,12 +45,13 @@ def test_only_interfaces_with_logging_on_get_rules(db, settings):
     make_client(db, quiet, "carol")
     text, digest = connlog.render(settings, connlog.logged(db))
     assert text.startswith("table inet puqvpn_log {}\ndelete table inet puqvpn_log\ntable inet puqvpn_log {\n")
-    assert f'\tcomment "puqvpn connlog {digest}"' in text
-    assert "\t\ttype filter hook postrouting priority srcnat + 1; policy accept;" in text
-    assert (f"\t\tct state new ct original ip saddr vmap {{ {alice['ip']} : jump client{alice['id']}_4 }}"
-            in text)
-    assert (f"\t\tct state new ct original ip6 saddr vmap {{ {alice['ip6']} : jump client{alice['id']}_6 }}"
-            in text)
+    assert ("\tchain postrouting {\n"
+            f'\t\tcomment "puqvpn connlog {digest}"\n'
+            "\t\ttype filter hook postrouting priority srcnat + 1; policy accept;\n"
+            "\t\tct state new ct original ip saddr vmap @clients4\n"
+            "\t\tct state new ct original ip6 saddr vmap @clients6\n") in text
+    assert f"\t\telements = {{ {alice['ip']} : jump client{alice['id']}_4 }}" in text
+    assert f"\t\telements = {{ {alice['ip6']} : jump client{alice['id']}_6 }}" in text
     assert (f'\t\tlog prefix "puqvpn-conn wg0 {alice["ip"]} alice " group 7301 snaplen 128' in text)
     assert "carol" not in text and "10.9.0." not in text
     assert "level info" not in text          # the kernel log only when asked for
@@ -84,7 +85,8 @@ def test_the_table_name_must_differ_from_the_main_table(settings):
 def test_rules_are_loaded_only_when_they_changed(db, settings):
     make_client(db, make_interface(db, conn_logging=True), "alice")
     text, digest = connlog.render(settings, connlog.logged(db))
-    listed = f'table inet puqvpn_log {{\n\tcomment "puqvpn connlog {digest}"\n}}\n'
+    listed = (f'table inet puqvpn_log {{\n\tchain postrouting {{\n\t\tcomment "puqvpn connlog {digest}"\n'
+              "\t\ttype filter hook postrouting priority srcnat + 1; policy accept;\n\t}\n}\n")
     runner = FakeRunner(responses={("nft", "-t", "list"): Result(0, listed, "")})
     assert connlog.ensure_table(Context(db, settings, runner)) == []
     missing = FakeRunner(responses={("nft", "-t", "list"): Result(1, "", "Error: No such file or directory\n")})

@@ -121,14 +121,20 @@ def render_rules(settings, pairs):
                 if kernel:
                     statements.append(f'log prefix "{prefix}" level info')
                 chains += [f"\tchain {chain} {{"] + [f"\t\t{s}" for s in statements] + ["\t}"]
-    hook = ["\tchain postrouting {",
-            # After masquerade (srcnat = 100): the header holds the exit address and port.
-            "\t\ttype filter hook postrouting priority srcnat + 1; policy accept;"]
-    for version, family in ((4, "ip"), (6, "ip6")):
+    # Named maps keep the hook chain short: nft loads and lists it quickly at thousands of clients.
+    body = []
+    for version, kind in ((4, "ipv4_addr"), (6, "ipv6_addr")):
+        body += [f"\tmap clients{version} {{", f"\t\ttype {kind} : verdict"]
         if maps[version]:
-            hook.append(f"\t\tct state new ct original {family} saddr vmap {{ {', '.join(maps[version])} }}")
-    hook.append("\t}")
-    return "\n".join([f"table inet {table} {{"] + hook + chains + ["}"]) + "\n"
+            body.append(f"\t\telements = {{ {', '.join(maps[version])} }}")
+        body.append("\t}")
+    body += ["\tchain postrouting {",
+             # After masquerade (srcnat = 100): the header holds the exit address and port.
+             "\t\ttype filter hook postrouting priority srcnat + 1; policy accept;",
+             "\t\tct state new ct original ip saddr vmap @clients4",
+             "\t\tct state new ct original ip6 saddr vmap @clients6",
+             "\t}"]
+    return "\n".join([f"table inet {table} {{"] + body + chains + ["}"]) + "\n"
 
 
 def render(settings, pairs):
@@ -140,7 +146,9 @@ def render(settings, pairs):
         return head, None
     digest = hashlib.sha256(rules.encode()).hexdigest()[:20]
     body = rules.splitlines()
-    body.insert(1, f'\tcomment "{HASH_PREFIX}{digest}"')
+    # The hash sits on the hook chain, which lists in milliseconds (its maps' elements are left out).
+    at = body.index("\tchain postrouting {") + 1
+    body.insert(at, f'\t\tcomment "{HASH_PREFIX}{digest}"')
     return head + "\n".join(body) + "\n", digest
 
 
@@ -149,8 +157,8 @@ def _nft(ctx):
 
 
 def live_hash(ctx):
-    """The hash in the live table's comment; None if the table is missing."""
-    argv = [_nft(ctx), "-t", "list", "table", "inet", table_name(ctx.settings)]
+    """The hash in the live hook chain's comment; None if the table (or chain) is missing."""
+    argv = [_nft(ctx), "-t", "list", "chain", "inet", table_name(ctx.settings), "postrouting"]
     result = ctx.runner.run(argv, check=False)
     if result.returncode != 0:
         if "No such file or directory" in result.stderr:
