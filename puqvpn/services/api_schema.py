@@ -324,7 +324,7 @@ def check_query(params, args):
     for param in params:
         name, schema = param["name"], param["schema"]
         raw = args.get(name)
-        if raw is None or raw == "":
+        if raw is None:
             if param["required"]:
                 errors[name] = "this parameter is required"
             continue

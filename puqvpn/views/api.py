@@ -372,7 +372,8 @@ def available_ips(interface_name, query):
 @operation("/clients", "GET", summary="List clients, filtered and paged", tag="clients", response="ClientList",
            query=[
                api_schema.query_param("interface", {"type": "string", "maxLength": 20}, description="interface name"),
-               api_schema.query_param("status", {"type": "string", "enum": api_schema.CLIENT_STATUSES}),
+               api_schema.query_param("status", {"type": "string", "enum": [*api_schema.CLIENT_STATUSES, ""]},
+                                      description="empty: any status"),
                api_schema.query_param("q", {"type": "string", "maxLength": 100},
                                       description="part of the name, address, username or note"),
                api_schema.query_param("page", {"type": "integer", "minimum": 1, "maximum": 1000000, "default": 1}),
@@ -686,8 +687,8 @@ def create_share_link(name, body):
 @operation("/share-links", "GET", summary="List share links", tag="share links", role="operator",
            response="ShareLinkList",
            query=[api_schema.query_param("client", {"type": "string", "maxLength": 63}, description="client name"),
-                  api_schema.query_param("active", {"type": "string", "enum": ["true", "false"]},
-                                         description="true: only links that still work")])
+                  api_schema.query_param("active", {"type": "string", "enum": ["true", "false", ""]},
+                                         description="true: only links that still work; false or empty: all")])
 def list_share_links(query):
     client_id = None
     if query.get("client"):
