@@ -293,15 +293,25 @@ class _Connection:
             head = _read_response_head(reader)
             if head is None:
                 return False
-            self._send(head)
             status_line, headers = _parse_response_head(head)
             code = int(status_line.split(" ", 2)[1])
             if 100 <= code < 200 and code != 101:
+                self._send(head)
                 continue
             break
         closing = "close" in headers.get("connection", "").lower() or status_line.startswith("HTTP/1.0")
         if method == "HEAD" or code in (204, 304):
+            self._send(head)
             return not closing
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) <= CHUNK:
+            # A small answer goes out in one write (one TLS record where it fits).
+            body = reader.read(int(length))
+            if len(body) != int(length):
+                raise OSError("upstream closed mid-response")
+            self._send(head + body)
+            return not closing
+        self._send(head)
         if "chunked" in headers.get("transfer-encoding", "").lower():
             while True:
                 size_line = reader.readline(1024)
@@ -423,12 +433,14 @@ class TLSFront:
             self.listener.close()
         except OSError:
             pass
-        # Close waitress from its own loop thread: its map empties and run() returns.
+        # Let requests in progress finish, then close waitress from its own loop
+        # thread: its map empties and run() returns.
+        self.waitress.task_dispatcher.shutdown()
+
         def stop():
             for channel in list(self.waitress._map.values()):
                 if channel is not self.waitress.trigger:
                     channel.close()
-            self.waitress.task_dispatcher.shutdown()
             self.waitress.trigger.close()
         self.waitress.trigger.pull_trigger(stop)
         self.threads[0].join(5)
