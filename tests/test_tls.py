@@ -198,3 +198,25 @@ def test_the_forwarded_head_names_the_real_peer_once():
     assert forwarded.lower().count(b"x-forwarded-for") == 1
     assert b"X-Forwarded-For: 192.0.2.1\r\n" in forwarded and b"1.2.3.4" not in forwarded
     assert b"X-Forwarded-Proto: https\r\n" in forwarded
+
+
+def test_the_address_allow_list_sees_the_real_client_behind_the_front(tmp_path):
+    # Only 192.0.2.0/24 may use the panel; a loopback client claiming to be 192.0.2.5 is still refused.
+    cert, key = self_signed(tmp_path)
+    app = create_app(INSTANCE_DIR=str(tmp_path / "instance"), SYSTEM_APPLY="0", BACKGROUND_JOBS="0",
+                     TLS_CERT=str(cert), TLS_KEY=str(key), ALLOWED_WEB_IPS="192.0.2.0/24")
+    front = start_tls(app, "127.0.0.1", 0, str(cert), str(key), threads=2)
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        response, _body = get(front, context, "/auth/login", headers={"X-Forwarded-For": "192.0.2.5"})
+        assert response.status == 403
+    finally:
+        front.close()
+    allowed = create_app(INSTANCE_DIR=str(tmp_path / "other"), SYSTEM_APPLY="0", BACKGROUND_JOBS="0",
+                         TLS_CERT=str(cert), TLS_KEY=str(key), ALLOWED_WEB_IPS="127.0.0.0/8")
+    front = start_tls(allowed, "127.0.0.1", 0, str(cert), str(key), threads=2)
+    try:
+        response, _body = get(front, ssl.create_default_context(cafile=str(cert)), "/auth/login")
+        assert response.status == 200
+    finally:
+        front.close()
