@@ -9,6 +9,11 @@ client's .conf is downloaded from the panel as a user would and brought up
 with ``wg-quick`` (wireguard-go) in the client's own namespace.  Interface
 names are random: wireguard-go's control sockets in /var/run/wireguard are
 shared by every namespace, and other test runs may be going on.
+
+The tests then use the tunnels as users would: the gateway over IPv4 and
+IPv6, the wan namespace through NAT, suspend and resume, client-to-client
+on and off, a port forward from the wan side, the diagnostics page, and a
+panel killed half-way through a change followed by reconcile and a reboot.
 """
 
 import json
