@@ -365,3 +365,44 @@ def test_share_links_are_listed_and_revoked_through_the_api(api, db, make_client
     assert_error(api.delete("/share-links/999"), 404)
     assert "max_uses" in assert_error(api.post("/clients/linked/share-links", json={"max_uses": 0}), 422)["fields"]
     assert row["id"] == share_links.get(db, second["id"])["client_id"]
+
+
+# ------------------------------------------------------------------ the live system (modelled host)
+
+def test_the_lifecycle_reaches_the_live_system(tmp_path, monkeypatch):
+    """The same calls with SYSTEM_APPLY on, against a modelled host: each step changes the WireGuard peers."""
+    from puqvpn import create_app
+    from puqvpn.db import connect
+    from puqvpn.services import apply, system, wireguard
+    from tests.fake_system import FakeSystem
+
+    host = FakeSystem()
+    monkeypatch.setattr(system, "runner_from_settings", lambda settings: host.runner)
+    monkeypatch.setattr(apply, "BACKENDS", ("wireguard", "firewall"))
+    wireguard.forget_backend()
+    app = create_app(INSTANCE_DIR=str(tmp_path / "instance"), SYSTEM_APPLY="1", BACKGROUND_JOBS="0",
+                     WG_CONF_DIR=str(tmp_path / "wireguard"), SWANCTL_DIR=str(tmp_path / "swanctl"))
+    db = connect(app.config["PUQVPN"]["DATABASE"])
+    api = Api(app.test_client(), tokens.create(db, "billing", "operator")[1])
+    admin = Api(app.test_client(), tokens.create(db, "setup", "admin")[1])
+
+    assert admin.post("/interfaces", json={"address": "10.8.0.1/24", "endpoint": "vpn.example.com"}).status_code == 201
+    assert host.links["wg0"]["up"]
+    key = api.post("/clients", json={"name": "cust-7", "interface": "wg0"}).get_json()["public_key"]
+
+    def peer():
+        return host.wg["wg0"]["peers"].get(key)
+
+    assert peer()["allowed"] == ["10.8.0.2/32"]
+    api.post("/clients/cust-7/suspend")
+    assert peer() is None
+    api.post("/clients/cust-7/resume")
+    assert peer() is not None
+    peer()["hs"] = 1_700_000_000                   # a session is up
+    assert api.delete("/clients/cust-7/sessions").get_json()["dropped"] == ["wireguard"]
+    assert peer()["hs"] == 0                       # its session is gone; the peer stays, so it may handshake again
+    assert peer()["allowed"] == ["10.8.0.2/32"]
+    assert api.get("/clients/cust-7").get_json()["pending"] is None
+    api.delete("/clients/cust-7")
+    assert peer() is None
+    db.conn.close()
