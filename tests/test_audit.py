@@ -133,3 +133,13 @@ def test_the_log_page_is_for_admins_only(panel):
     app, _db, _values, _tokens, ids = panel
     assert logged_in(app, ids["operator"]).get("/audit/").status_code == 403
     assert logged_in(app, ids["viewer"]).get("/audit/").status_code == 403
+
+
+def test_a_share_link_token_in_the_url_is_masked_in_the_log(panel):
+    app, db, values, _tokens, _ids = panel
+    from puqvpn.services import share_links
+    _row, token = share_links.create(db, values["client_id"])
+    app.test_client().post(f"/s/{token}")
+    entry = entries(db)[-1]
+    assert entry["action"] == "share.open_link" and entry["target"] == "token=***"
+    assert token not in str(entries(db))
