@@ -1,5 +1,6 @@
 """What the views share: settings, the live-apply call, form errors, and htmx-aware rendering."""
 
+import json
 import time
 
 from flask import current_app, flash, render_template, request, url_for
@@ -77,5 +78,10 @@ def init_app(app):
         from flask_login import current_user
         if not current_user.is_authenticated:
             return {"pending": []}
-        return {"pending": list(get_db().query(
-            "SELECT id, name, apply_error FROM interfaces WHERE apply_error IS NOT NULL"))}
+        pending = list(get_db().query(
+            "SELECT id, name, apply_error FROM interfaces WHERE apply_error IS NOT NULL"))
+        # Failures no interface row can hold (e.g. removing a deleted interface).
+        row = next(get_db().query("SELECT value FROM options WHERE key = 'apply_error'"), None)
+        if row:
+            pending.append({"id": None, "name": "The system", "apply_error": json.loads(row["value"])})
+        return {"pending": pending}
