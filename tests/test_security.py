@@ -310,3 +310,38 @@ def test_key_and_database_files_are_0600_in_0700_folders(seeded, tmp_path):
     assert {"puqvpn.sqlite3", "secret_key", "wg0.conf"} <= names
     assert any(name.endswith("-wal") for name in names)
     assert any(name.endswith(".tar.gz") for name in names)
+
+
+def test_a_failing_command_does_not_leak_a_key_into_the_message_or_the_log(tmp_path, monkeypatch, caplog):
+    # The failure text goes into apply_error (shown on every page) and the log: no key may ride along.
+    from puqvpn.services import apply, system
+    from .fake_system import FakeSystem, fail
+    fake = FakeSystem()
+    monkeypatch.setattr(system, "runner_from_settings", lambda settings: fake.runner)
+    monkeypatch.setattr(apply, "BACKENDS", ("wireguard", "firewall"))
+    wireguard.forget_backend()
+    caplog.set_level(logging.DEBUG)
+    app = make_app(tmp_path, SYSTEM_APPLY="1")
+    values, _tokens, ids = seed(app)
+    db = connect(app.config["PUQVPN"]["DATABASE"])
+    apply.reconcile(Context(db, app.config["PUQVPN"], fake.runner))
+    for prefix in (("wg",), ("nft",), ("ip",)):
+        fake.runner.responses[prefix] = fail("error: Operation not permitted")
+    client = app.test_client()
+    login_as(client, ids["admin"])
+    client.post("/clients/new", data={"interface": str(values["interface_id"]), "name": "bob",
+                                      "csrf_token": csrf_token(client)})
+    wireguard.flush_config_writes()
+    bob, interface = clients.get(db, "bob"), interfaces.get(db, "wg0")
+    assert interface["apply_error"] and "Operation not permitted" in interface["apply_error"]
+    # The dashboard shows the flashed failure and the pending banner (the client's own page shows its
+    # profile, key included, on purpose).
+    dashboard = client.get("/").get_data(as_text=True)
+    assert "Saved, but not yet live" in dashboard and "is not in sync" in dashboard
+    shown = dashboard + interface["apply_error"]
+    logged = "\n".join(record.getMessage() + (record.exc_text or "") for record in caplog.records)
+    audit_rows = " ".join(str(tuple(row)) for row in db.execute("SELECT * FROM audit_log"))
+    db.conn.close()
+    for name in ("private_key", "preshared_key", "password"):
+        assert bob[name] not in shown and bob[name] not in logged and bob[name] not in audit_rows, name
+    assert interface["private_key"] not in shown + logged + audit_rows
