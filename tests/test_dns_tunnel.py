@@ -217,6 +217,13 @@ def test_the_connection_log_names_the_client_behind_an_exit_port(lab):
             for r in rows] == [("alice", lab["alice"]["ip"], "tcp", "198.51.100.2", 8080, True)]
     assert abs(rows[0]["at"] - asked_at) < 5
 
+    # A changed retention restarts the listener with it.
+    pid = connlog.listener_pid(ctx.settings)
+    ctx.settings["CONNLOG_RETENTION_DAYS"] = "30"
+    assert connlog.reconcile(ctx, []) == ["connlog: listener restarted (settings changed)"]
+    assert wait_until(lambda: connlog.listener_pid(ctx.settings) not in (None, pid), timeout=5)
+    assert connlog.reconcile(ctx, []) == []
+
     # Logging off again: the table and the listener go.
     ctx.db.execute("UPDATE interfaces SET conn_logging = 0 WHERE id = ?", [interface["id"]])
     assert connlog.reconcile(ctx, []) == ["connlog: table inet puqvpn_log removed", "connlog: listener stopped"]

@@ -196,14 +196,20 @@ def pidfile(settings):
     return Path(str(settings.get("CONNLOG_PIDFILE", "/run/puqvpn/connlog.pid")))
 
 
-def listener_pid(settings):
-    """The running listener's PID from its pid file, checked against /proc; else None."""
+def _listener(settings):
+    """(pid, argv) of the running listener from its pid file, checked against /proc; else (None, None)."""
     try:
         pid = int(pidfile(settings).read_text().split()[0])
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError, IndexError):
-        return None
-    return pid if LISTENER_MARK.encode() in cmdline else None
+        return None, None
+    if LISTENER_MARK.encode() not in cmdline:
+        return None, None
+    return pid, [part.decode(errors="replace") for part in cmdline.split(b"\0")[:-1]]
+
+
+def listener_pid(settings):
+    return _listener(settings)[0]
 
 
 def listener_argv(settings):
@@ -221,6 +227,12 @@ def listener_argv(settings):
 def start_listener(ctx):
     # The listener binds the NFLOG group before it detaches, so a failure shows here.
     ctx.runner.run(listener_argv(ctx.settings))
+    if not hasattr(ctx.runner, "wrap"):
+        return                      # a FakeRunner started nothing
+    # Its pid file follows the detach by a moment; wait so the next check sees it.
+    deadline = time.monotonic() + 5
+    while listener_pid(ctx.settings) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def stop_listener(settings):
@@ -238,11 +250,16 @@ def ensure(ctx):
     """Rules and listener as the database wants them; returns what changed."""
     changes = ensure_table(ctx)
     wanted = bool(logged(ctx.db))
-    running = listener_pid(ctx.settings) is not None
-    if wanted and not running:
+    pid, argv = _listener(ctx.settings)
+    if wanted and pid is None:
         start_listener(ctx)
         changes.append("connlog: listener started")
-    elif not wanted and running:
+    elif wanted and argv[3:] != listener_argv(ctx.settings)[3:]:
+        # A setting it was started with (group, retention, syslog, file) has changed.
+        stop_listener(ctx.settings)
+        start_listener(ctx)
+        changes.append("connlog: listener restarted (settings changed)")
+    elif not wanted and pid is not None:
         stop_listener(ctx.settings)
         changes.append("connlog: listener stopped")
     return changes
