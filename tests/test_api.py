@@ -406,3 +406,20 @@ def test_the_lifecycle_reaches_the_live_system(tmp_path, monkeypatch):
     api.delete("/clients/cust-7")
     assert peer() is None
     db.conn.close()
+
+
+def test_port_forwards_through_the_api(api, db, make_client):
+    make_client("server-box")
+    made = api.post("/interfaces/wg0/port-forwards", json={"client": "server-box", "proto": "tcp",
+                                                           "ext_port": 8022, "dest_port": 22})
+    assert made.status_code == 201
+    forward = made.get_json()
+    assert forward == {"id": forward["id"], "interface": "wg0", "client": "server-box", "proto": "tcp",
+                       "ext_port": 8022, "dest_port": 22}
+    assert api.get("/interfaces/wg0/port-forwards").get_json()["port_forwards"] == [forward]
+    assert "ext_port" in assert_error(api.post("/interfaces/wg0/port-forwards", json={
+        "client": "server-box", "proto": "tcp", "ext_port": 22}), 422)["fields"]       # the server's SSH
+    assert "client" in assert_error(api.post("/interfaces/wg0/port-forwards", json={
+        "client": "nobody", "proto": "udp", "ext_port": 9000}), 422)["fields"]
+    assert api.delete(f"/interfaces/wg0/port-forwards/{forward['id']}").status_code == 204
+    assert db.execute("SELECT count(*) FROM port_forwards").fetchone()[0] == 0

@@ -132,6 +132,7 @@ _CERT = {
 }
 
 SCHEMAS = {
+    "OpenApiDocument": {"type": "object", "required": ["openapi", "info", "paths"]},
     "Error": obj({
         "error": {"type": "string", "description": "a short code, e.g. not_found or invalid"},
         "message": {"type": "string"},
@@ -168,6 +169,19 @@ SCHEMAS = {
                         ["interface", "addresses"]),
     "DefaultLimitsApplied": obj({"interface": {"type": "string"}, "changed": {"type": "integer"}},
                                 ["interface", "changed"]),
+    "PortForward": obj({
+        "id": {"type": "integer"}, "interface": {"type": "string"}, "client": {"type": "string"},
+        "proto": {"type": "string", "enum": ["tcp", "udp"]},
+        "ext_port": {"type": "integer", "description": "the server's port"},
+        "dest_port": {"type": "integer", "description": "the client's port"},
+    }, ["id", "interface", "client", "proto", "ext_port", "dest_port"]),
+    "PortForwardCreate": obj({
+        "client": dict(CLIENT_NAME, description="a client of this interface"),
+        "proto": {"type": "string", "enum": ["tcp", "udp"]},
+        "ext_port": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "dest_port": {"type": "integer", "minimum": 1, "maximum": 65535, "description": "default: ext_port"},
+    }, ["client", "proto", "ext_port"]),
+    "PortForwardList": obj({"port_forwards": {"type": "array", "items": ref("PortForward")}}, ["port_forwards"]),
     "Client": obj(_CLIENT, list(_CLIENT)),
     "ClientWithPassword": obj(dict(_CLIENT, password={"type": "string"}), [*_CLIENT, "password"],
                               description="a client with its IKEv2 password: returned only when it is set"),
@@ -361,7 +375,7 @@ ERROR_TEXT = {
 }
 
 
-def _path_and_params(rule, converters):
+def path_and_params(rule):
     """Flask rule text -> OpenAPI path and its path parameters."""
     params = []
 
@@ -381,7 +395,7 @@ def document(operations, version, server_url="/"):
     """The OpenAPI 3.1 document for the registered operations (see puqvpn/views/api.py)."""
     paths = {}
     for op in operations:
-        path, params = _path_and_params(op["rule"], None)
+        path, params = path_and_params(op["rule"])
         responses = {}
         if op["content"]:
             media, schema = op["content"], {"type": "string"}
@@ -404,10 +418,14 @@ def document(operations, version, server_url="/"):
             "operationId": op["endpoint"],
             "summary": op["summary"],
             "description": (op["description"] + "\n\n" if op["description"] else "")
-            + f"Needs a token with the **{op['role']}** role or higher.",
+            + (f"Needs a token with the **{op['role']}** role or higher." if op["auth"] else "No token needed."),
             "tags": [op["tag"]],
             "responses": responses,
         }
+        if not op["auth"]:
+            operation["security"] = []
+            for code in ("401", "403"):
+                responses.pop(code)
         if params or op["query"]:
             operation["parameters"] = params + list(op["query"])
         if op["body"]:
@@ -421,7 +439,7 @@ def document(operations, version, server_url="/"):
             "version": version,
             "description": "Manage WireGuard and IKEv2 VPN clients from billing systems and scripts. "
                            "Authenticate with `Authorization: Bearer <token>`; an admin creates tokens "
-                           "in the panel (Settings → API tokens) or with `puqvpn token create`.",
+                           "in the panel (System → API tokens) or with `puqvpn token create`.",
         },
         "servers": [{"url": server_url}],
         "security": [{"bearer": []}],

@@ -21,7 +21,8 @@ from werkzeug.exceptions import HTTPException
 
 from .. import __version__, csrf
 from ..db import get_db
-from ..services import accounting, api_schema, clients, interfaces, pki, share_links, tokens, wgconfig
+from ..services import (accounting, api_schema, clients, interfaces, pki, portforwards, share_links, tokens,
+                        wgconfig)
 from ..services.system import CommandError
 from ..services.validation import FieldError, ValidationError
 from ._common import context, settings
@@ -247,17 +248,7 @@ def openapi():
 
 
 def document():
-    spec = api_schema.document(OPERATIONS, __version__, server_url="/")
-    spec["components"]["schemas"]["OpenApiDocument"] = {"type": "object", "required": ["openapi", "paths"]}
-    for op in OPERATIONS:
-        if not op["auth"]:
-            path, _params = api_schema._path_and_params(op["rule"], None)
-            entry = spec["paths"][path][op["method"].lower()]
-            entry["security"] = []
-            entry["description"] = "No token needed."
-            for code in ("401", "403"):
-                entry["responses"].pop(code, None)
-    return spec
+    return api_schema.document(OPERATIONS, __version__, server_url="/")
 
 
 @operation("/status", "GET", summary="Version, backends, service states and counts", tag="status",
@@ -365,6 +356,49 @@ def apply_default_limits(interface_name):
 def available_ips(interface_name, query):
     row = _interface_by_name(interface_name)
     return jsonify(interface=row["name"], addresses=clients.free_ips(get_db(), row, query.get("limit", 10)))
+
+
+def forward_json(row, interface_name):
+    client = clients.get(get_db(), row["client_id"])
+    return {"id": row["id"], "interface": interface_name, "client": client["name"], "proto": row["proto"],
+            "ext_port": row["ext_port"], "dest_port": row["dest_port"]}
+
+
+@operation("/interfaces/<interface_name>/port-forwards", "GET", summary="List the interface's port forwards",
+           tag="interfaces", response="PortForwardList")
+def list_port_forwards(interface_name):
+    row = _interface_by_name(interface_name)
+    return jsonify(port_forwards=[forward_json(f, row["name"])
+                                  for f in portforwards.list_for_interface(get_db(), row["id"])])
+
+
+@operation("/interfaces/<interface_name>/port-forwards", "POST", summary="Forward a server port to a client",
+           tag="interfaces", role="admin", body="PortForwardCreate", response="PortForward", status=201,
+           description="The server's own ports (SSH, DNS, the panel, WireGuard, IKE) are refused.")
+def create_port_forward(interface_name, body):
+    row = _interface_by_name(interface_name)
+    client = next(get_db().query("SELECT id FROM clients WHERE name = ? AND interface_id = ?",
+                                 [body["client"], row["id"]]), None)
+    data = {"client_id": str(client["id"]) if client else "", "proto": body["proto"],
+            "ext_port": body["ext_port"], "dest_port": body.get("dest_port")}
+    try:
+        forward = portforwards.create(get_db(), row["id"], data, settings().int("PORT"))
+    except ValidationError as error:
+        raise ValidationError({"client" if k == "client_id" else k: v for k, v in error.fields.items()}) from None
+    _apply("interface_changed", row["id"])
+    return jsonify(forward_json(forward, row["name"])), 201
+
+
+@operation("/interfaces/<interface_name>/port-forwards/<int:forward_id>", "DELETE", summary="Remove a port forward",
+           tag="interfaces", role="admin", status=204, response_description="Removed.")
+def delete_port_forward(interface_name, forward_id):
+    row = _interface_by_name(interface_name)
+    forward = portforwards.get(get_db(), forward_id) if forward_id <= MAX_ID else None
+    if forward is None or forward["interface_id"] != row["id"]:
+        raise ApiError(404, "not_found", f"no port forward {forward_id} on {interface_name}")
+    portforwards.delete(get_db(), forward_id)
+    _apply("interface_changed", row["id"])
+    return "", 204
 
 
 # ------------------------------------------------------------------ clients

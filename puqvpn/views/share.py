@@ -21,7 +21,7 @@ from .auth import public, role
 
 bp = Blueprint("share", __name__)
 
-# (kind for profiles.render, platform key, title, download file name)
+# (platform key, title, IKEv2 profile kind): the setup steps shown per platform.
 PLATFORMS = (
     ("android", "Android", "sswan"),
     ("ios", "iPhone and iPad", "mobileconfig"),
