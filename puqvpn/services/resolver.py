@@ -130,8 +130,11 @@ def format_forwarder(forwarder, tls):
     return text
 
 
-def validate_options(options):
-    """Check every option; returns a cleaned dict or raises ResolverError with per-field messages."""
+def validate_options(options, read_list=True):
+    """Check every option; returns a cleaned dict or raises ResolverError with per-field messages.
+
+    ``read_list=False`` skips reading the blocklist file (the caller has just read it).
+    """
     merged = dict(DEFAULTS)
     merged.update({key: value for key, value in dict(options).items() if key in DEFAULTS})
     errors = {}
@@ -161,7 +164,7 @@ def validate_options(options):
         errors["cache_max_ttl"] = "a number of seconds from 0 to 604800 (a week)"
 
     blocklist = str(merged["blocklist"] or "").strip()
-    if blocklist:
+    if blocklist and read_list:
         try:
             read_blocklist(blocklist)
         except ResolverError as error:
@@ -303,7 +306,7 @@ def run_paths(settings):
 
 def render(settings, options, interfaces, blocklist=()):
     """The whole unbound.conf text.  Every value was validated; nothing can leave its line."""
-    options = validate_options(options)
+    options = validate_options(options, read_list=False)
     plan = listen_plan(interfaces)
     paths = run_paths(settings)
     user = str(settings.get("UNBOUND_USER", "unbound"))
