@@ -423,3 +423,16 @@ def test_port_forwards_through_the_api(api, db, make_client):
         "client": "nobody", "proto": "udp", "ext_port": 9000}), 422)["fields"]
     assert api.delete(f"/interfaces/wg0/port-forwards/{forward['id']}").status_code == 204
     assert db.execute("SELECT count(*) FROM port_forwards").fetchone()[0] == 0
+
+
+def test_a_crash_answers_in_json_and_pages_keep_their_own_error(app, api, monkeypatch, logged_in, client):
+    # A bug anywhere under /api/ still gives the caller JSON, never an HTML page.
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug")
+    monkeypatch.setattr(clients, "search", broken)
+    app.config.update(TESTING=False, PROPAGATE_EXCEPTIONS=False)
+    body = assert_error(api.get("/clients"), 500, "internal_error")
+    assert "simulated bug" not in body["message"]          # no internals leak to the caller
+    page = client.get("/clients/")
+    assert page.status_code == 500 and page.mimetype == "text/html"
+    assert client.get("/no-such-page").mimetype == "text/html"
