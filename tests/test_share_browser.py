@@ -104,3 +104,33 @@ def test_where_ikev2_is_on_the_page_offers_the_ca_and_the_phones_profile(live_se
         phone.click("#download-android")
     assert download.value.suggested_filename == "bob.sswan"
     assert phone.errors == []
+
+
+def test_an_admin_makes_and_revokes_a_link_on_the_client_page(live_server, page):
+    from tests.browser import log_in
+    from puqvpn.services import share_links
+    db = live_server.db
+    wg0 = interfaces.create(db, {"name": "wg0", "address": "10.8.0.1/24", "listen_port": "51820",
+                                 "endpoint": "vpn.example.com"})
+    carol = clients.create(db, {"interface": wg0["id"], "name": "carol"})
+    page.on("dialog", lambda dialog: dialog.accept())        # the revoke button asks first
+    log_in(page, live_server)
+
+    page.goto(f"{live_server.url}/clients/{carol['id']}")
+    page.fill("#share-links input[name=expires_in_hours]", "12")
+    page.fill("#share-links input[name=max_uses]", "3")
+    snap(page, "share-5-client-panel")
+    page.click("#create-share-link")
+    url = page.locator("#share-url").input_value()
+    assert url.startswith(live_server.url + "/s/")
+    snap(page, "share-6-created")
+    link = share_links.find(db, url.rsplit("/", 1)[1])
+    assert link["max_uses"] == 3
+
+    page.goto(f"{live_server.url}/clients/{carol['id']}")
+    row = page.locator(f"#share-link-{link['id']}")
+    expect(row).to_contain_text("0 / 3")
+    row.locator("button", has_text="Revoke").click()
+    expect(page.locator(f"#share-link-{link['id']}")).to_have_count(0)
+    assert share_links.get(db, link["id"])["revoked_at"] is not None
+    assert page.request.get(url).status == 410
