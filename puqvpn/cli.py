@@ -22,6 +22,7 @@ INSTALLED_CONFIG = "/etc/puqvpn/puqvpn.conf"
 # Extra commands from elsewhere in the project: name -> "module:attribute".
 COMMANDS = {
     "token": "puqvpn.cli_token:token",
+    "who-was-it": "puqvpn.services.connlog:who_command",
 }
 
 

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 # The backend modules of puqvpn.services, in the order they run: WireGuard
 # creates the interface the others attach rules, classes and routes to.  A
 # module that does not exist (yet) is skipped.
-BACKENDS = ("wireguard", "firewall", "shaping", "strongswan")
+BACKENDS = ("wireguard", "firewall", "shaping", "strongswan", "resolver", "connlog")
 
 # options row holding failures that belong to no interface row.
 GLOBAL_ERROR_KEY = "apply_error"

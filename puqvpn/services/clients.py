@@ -10,7 +10,7 @@ import ipaddress
 import sqlite3
 
 from ..db import transaction
-from . import interfaces, keys, validation
+from . import interfaces, keys, validation, wgconfig
 from .util import generate_password, now_iso, today
 from .validation import Checker, FieldError, ValidationError
 
@@ -264,6 +264,12 @@ def delete(db, client_id):
             raise LookupError("no such client")
         db.execute("DELETE FROM clients WHERE id = ?", [current["id"]])
         return current
+
+
+def wireguard_profile(db, interface, client):
+    """The .conf a user downloads: the interface's DNS, or the panel's resolver when it is on."""
+    from .resolver import effective_dns
+    return wgconfig.render_client_config(interface, client, dns=effective_dns(db, interface))
 
 
 def status(client, now, online_timeout):

@@ -304,6 +304,7 @@ def probe_conn(options, identity):
 
 
 def client_pools(interface, client):
+    # interface["dns"] is already the effective list (see desired()).
     n = names(client["id"])
     dns = _dns(interface)
     pools = {n["pool"]: {"addrs": f"{ipaddress.IPv4Address(client['ip'])}/32"}}
@@ -327,7 +328,10 @@ def desired(ctx):
         return state
     options = get_options(ctx.db)
     identity = _safe(pki.server_identity(ctx.db), "the server identity")
-    interfaces = [row for row in ctx.db.query("SELECT * FROM interfaces ORDER BY name")
+    from .resolver import effective_dns
+    # Clients get the panel's resolver when it is on, like the WireGuard profiles.
+    interfaces = [dict(row, dns=effective_dns(ctx.db, row))
+                  for row in ctx.db.query("SELECT * FROM interfaces ORDER BY name")
                   if interface_active(ctx, row)]
     if not interfaces:
         return state

@@ -79,8 +79,11 @@ def render_setconf(interface, clients):
     return "\n".join(lines) + "\n"
 
 
-def render_client_config(interface, client):
-    """The client's wg-quick .conf, as the WireGuard apps import it (file or QR)."""
+def render_client_config(interface, client, dns=None):
+    """The client's wg-quick .conf, as the WireGuard apps import it (file or QR).
+
+    ``dns`` overrides the interface's DNS servers (the panel's own resolver).
+    """
     if not client.get("private_key"):
         raise ValueError("this client was imported without its private key; its profile cannot be rebuilt")
     lines = [
@@ -88,8 +91,9 @@ def render_client_config(interface, client):
         _line("PrivateKey", client["private_key"]),
         _line("Address", ", ".join(client_addresses(client))),
     ]
-    if interface.get("dns"):
-        lines.append(_line("DNS", interface["dns"]))
+    dns = interface.get("dns") if dns is None else dns
+    if dns:
+        lines.append(_line("DNS", dns))
     lines.append(_line("MTU", interface["mtu"]))
     lines += [
         "",

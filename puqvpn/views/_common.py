@@ -56,6 +56,7 @@ NAV = (
     ("share.index", "Share links", "operator", "system"),
     ("tokens.index", "API tokens", "admin", "system"),
     ("resolver.index", "DNS resolver", "admin", "system"),
+    ("resolver.connections", "Connection log", "admin", "system"),
     ("backups.index", "Backups", "admin", "system"),
     ("accounts.index", "Accounts", "admin", "system"),
     ("audit.index", "Audit log", "admin", "system"),

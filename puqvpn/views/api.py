@@ -588,7 +588,7 @@ def _wireguard_config(name):
         raise ApiError(409, "no_profile", "this client was imported without its private key, "
                                           "so its profile cannot be rebuilt")
     interface = interfaces.get(get_db(), row["interface_id"])
-    return row, interface, wgconfig.render_client_config(interface, row)
+    return row, interface, clients.wireguard_profile(get_db(), interface, row)
 
 
 @operation("/clients/<name>/wireguard.conf", "GET", summary="The client's WireGuard .conf", tag="profiles",

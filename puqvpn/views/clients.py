@@ -81,7 +81,7 @@ def show(client_id):
     client, interface = _load(client_id)
     config = None
     if client["private_key"]:
-        config = wgconfig.render_client_config(interface, client)
+        config = clients.wireguard_profile(get_db(), interface, client)
     return render("clients/detail.html", client=client, interface=interface, config=config,
                   client_status=clients.status(client, now(), settings().int("ONLINE_TIMEOUT")))
 
@@ -169,7 +169,7 @@ def _config_or_404(client_id):
     client, interface = _load(client_id)
     if not client["private_key"]:
         abort(409, "This client was imported without its private key, so its profile cannot be rebuilt.")
-    return client, interface, wgconfig.render_client_config(interface, client)
+    return client, interface, clients.wireguard_profile(get_db(), interface, client)
 
 
 @bp.route("/<int:client_id>/wireguard.conf")

@@ -95,7 +95,7 @@ def _setup_page(token, row, visit):
     db = get_db()
     client = clients.get(db, row["client_id"])
     interface = interfaces.get(db, client["interface_id"])
-    config = wgconfig.render_client_config(interface, client) if client["private_key"] else None
+    config = clients.wireguard_profile(get_db(), interface, client) if client["private_key"] else None
     ikev2 = None
     if interface["ikev2_enabled"]:
         ikev2 = _ikev2_downloads(token, client, interface, visit)
@@ -133,7 +133,7 @@ def wireguard_conf(token):
     _row, client, interface = _visit(token)
     if not client["private_key"]:
         abort(410)
-    text = wgconfig.render_client_config(interface, client)
+    text = clients.wireguard_profile(get_db(), interface, client)
     filename = wgconfig.client_config_filename(interface, client)
     return Response(text, mimetype="application/octet-stream",
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})

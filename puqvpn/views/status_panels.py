@@ -13,6 +13,7 @@ SOURCES = (
     ("IKEv2 (strongSwan)", "puqvpn.services.strongswan", "status_panel"),
     ("Background jobs", "puqvpn.jobs", "status_panel"),
     ("DNS resolver", "puqvpn.services.resolver", "status_panel"),
+    ("Connection log", "puqvpn.services.connlog", "status_panel"),
 )
 
 
