@@ -54,6 +54,7 @@ def plan(settings):
         # Catches rules or peers changed behind the panel's back; a no-op when in sync.
         Job("periodic reconcile", "apply", "reconcile", 900),
         Job("traffic roll-up", "accounting", "rollup", 3600),
+        Job("audit-log retention", "audit", "prune", 3600),
     ]
     if settings.int("BACKUP_INTERVAL_HOURS") > 0:
         jobs.append(Job("scheduled backup", "backup", "run_if_due", 600))

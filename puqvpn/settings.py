@@ -54,6 +54,7 @@ SETTINGS = {
     "ONLINE_TIMEOUT": ("180", "A client is online if its last handshake is newer than this many seconds."),
     "POLL_INTERVAL": ("30", "Seconds between traffic and status polls."),
     "HOURLY_RETENTION_DAYS": ("31", "Days hourly traffic buckets are kept before roll-up into days."),
+    "AUDIT_RETENTION_DAYS": ("365", "Days audit-log entries are kept; 0 keeps them for ever."),
     "METRICS_TOKEN": ("", "Bearer token for /metrics; empty disables the endpoint."),
     # IKEv2 / strongSwan
     "SWANCTL_DIR": ("/etc/swanctl", "swanctl's folder (conf.d, x509, x509ca, private)."),

@@ -143,3 +143,16 @@ def test_a_share_link_token_in_the_url_is_masked_in_the_log(panel):
     entry = entries(db)[-1]
     assert entry["action"] == "share.open_link" and entry["target"] == "token=***"
     assert token not in str(entries(db))
+
+
+def test_old_audit_entries_are_pruned_after_the_retention_period(app, db):
+    import datetime
+
+    from puqvpn.services import audit
+    from puqvpn.services.system import Context, FakeRunner
+
+    db.execute("INSERT INTO audit_log (at, actor, action, outcome) VALUES ('2020-01-01T00:00:00Z', 'old', 'x', 'ok')")
+    audit.record(db, "admin", "127.0.0.1", "client.create", "alice")
+    ctx = Context(db, app.config["PUQVPN"], FakeRunner())
+    assert audit.prune(ctx, now=datetime.datetime(2026, 12, 4, tzinfo=datetime.timezone.utc)) == 1
+    assert [row["actor"] for row in db.query("SELECT actor FROM audit_log")] == ["admin"]

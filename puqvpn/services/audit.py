@@ -131,3 +131,13 @@ def last_success(db, actor, action="auth.login"):
     row = db.execute("SELECT max(at) FROM audit_log WHERE action = ? AND actor = ? AND outcome = 'ok'",
                      [action, actor]).fetchone()
     return row[0] if row else None
+
+
+def prune(ctx, now=None):
+    """Delete entries older than AUDIT_RETENTION_DAYS (0 keeps everything); returns how many."""
+    days = int(ctx.settings.get("AUDIT_RETENTION_DAYS", 365))
+    if days <= 0:
+        return 0
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    cutoff = (now - datetime.timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return ctx.db.execute("DELETE FROM audit_log WHERE at < ?", [cutoff]).rowcount
