@@ -335,7 +335,15 @@ def client_changed(ctx, interface, client):
             return changes      # the reload rendered every element from the database
     addresses = client_addresses(client)
     suspended = client.get("suspended_reason") is not None
-    script = element_script(ctx, add=addresses) if suspended else element_script(ctx, remove=addresses)
+    if suspended:
+        script = element_script(ctx, add=addresses)
+    else:
+        blocked = blocked_addresses(ctx, addresses)
+        if blocked is None:
+            return ensure_table(ctx)
+        if not blocked:
+            return [f"firewall: {client['name']} unblocked"]
+        script = element_script(ctx, remove=blocked)
     try:
         nft_script(ctx, script)
     except CommandError:
@@ -345,11 +353,37 @@ def client_changed(ctx, interface, client):
     return [f"firewall: {client['name']} {'blocked' if suspended else 'unblocked'}"]
 
 
+def blocked_addresses(ctx, addresses):
+    """Those of [(family, address)] that sit in the suspended sets; None if the table is missing.
+
+    Deleting an element costs about 14 ms here whatever the set's size (the
+    kernel's commit of a deletion), looking one up a few; and most unblocks
+    (a new client, a deleted active one) find nothing to delete.
+    """
+    found = []
+    for family, address in addresses:
+        argv = [_nft(ctx), "get", "element", "inet", table_name(ctx), SETS[family], "{", address, "}"]
+        result = ctx.runner.run(argv, check=False)
+        if result.returncode == 0:
+            found.append((family, address))
+        elif "Could not process rule: No such file or directory" in result.stderr:
+            continue        # the set is there, the element is not
+        elif "No such file or directory" in result.stderr:
+            return None     # no table (or set)
+        else:
+            raise CommandError(argv, result.returncode, result.stderr)
+    return found
+
+
 def client_removed(ctx, interface, client):
     changes = ensure_table(ctx)     # its port forwards went with it
     if changes:
         return changes
-    nft_script(ctx, element_script(ctx, remove=client_addresses(client)))
+    blocked = blocked_addresses(ctx, client_addresses(client))
+    if blocked is None:
+        return ensure_table(ctx)
+    if blocked:
+        nft_script(ctx, element_script(ctx, remove=blocked))
     return []
 
 
