@@ -123,13 +123,100 @@ def test_lifting_a_limit_deletes_quietly_but_real_errors_raise(db):
                                       "class del dev wg0 classid 1:2"]
     assert len(stdin.splitlines()) == 4
 
+    # A complaint that is not "nothing there" raises when the class is indeed still there.
     busy = "Error: HTB class in use.\nCommand failed -:2\n"
     runner.responses[("tc", "-force", "-batch", "-")] = Result(1, "", gone + busy)
+    runner.responses[("tc", "class", "show", "dev", "wg0")] = Result(
+        0, "class htb 1:2 root leaf 8001: prio 0 rate 5190Kbit ceil 5190Kbit burst 2838b cburst 2838b\n", "")
     runner.responses[("tc", "qdisc", "show", "dev", "wg0", "root")] = Result(0, "qdisc htb 1: root\n", "")
     runner.responses[("ip", "-o", "link", "show", "dev", "ifb-wg0")] = Result(
         0, f"alias {shaping.wg_device(interface).signature()}\n", "")
     with pytest.raises(CommandError, match="HTB class in use"):
         shaping.client_changed(ctx, interface, alice)
+
+
+# What this kernel's tc says when one client's objects are deleted from a device that has no
+# shaping of ours (nobody on it has a limit): no root HTB, so no filter chain to look in.
+BARE_DEVICE_COMPLAINT = ("Error: Parent Qdisc doesn't exists.\nWe have an error talking to the kernel\n"
+                         "Command failed -:1\nRTNETLINK answers: No such file or directory\nCommand failed -:2\n")
+
+
+def test_deleting_a_client_from_a_device_without_limits_is_not_an_error(db):
+    interface = make_interface(db, ikev2_enabled="1")
+    dave = make_client(db, interface, "dave")
+    runner = FakeRunner(responses={("tc", "-force", "-batch", "-"): Result(1, "", BARE_DEVICE_COMPLAINT)})
+    ctx = Context(db, settings_module.load(environ={}), runner)
+    removed = clients_service.delete(db, dave["id"])
+
+    assert shaping.client_removed(ctx, interface, removed) == []
+    # One delete batch for the wg device and its IFB, one for ipsec0 and its IFB; nothing inspected.
+    assert runner.commands() == [["tc", "-force", "-batch", "-"]] * 2
+    ipsec_batch = runner.calls[1][1].splitlines()
+    assert f"class del dev ipsec0 classid 1:{dave['id']:x}" in ipsec_batch
+    assert f"class del dev ifb-ipsec0 classid 1:{dave['id']:x}" in ipsec_batch
+
+
+def test_an_unfamiliar_delete_complaint_is_settled_by_looking_at_the_device(db):
+    interface = make_interface(db)
+    dave = make_client(db, interface, "dave", down_mbit="5")
+    # An older kernel says only "Invalid argument" where this one says the qdisc is missing.
+    vague = "RTNETLINK answers: Invalid argument\nWe have an error talking to the kernel\nCommand failed -:1\n"
+    runner = FakeRunner(responses={("tc", "-force", "-batch", "-"): Result(1, "", vague)})
+    ctx = Context(db, settings_module.load(environ={}), runner)
+    removed = clients_service.delete(db, dave["id"])
+
+    shaping.client_removed(ctx, interface, removed)          # nothing of dave's is left: fine
+    assert ["tc", "class", "show", "dev", "ifb-wg0"] in runner.commands()
+
+    runner.responses[("tc", "filter", "show", "dev", "wg0")] = Result(
+        0, "filter parent 1: protocol ip pref 10 u32 chain 0 fh 100:2:a09 order 2569 key ht 100 bkt 2 "
+           "flowid 1:2 not_in_hw\n", "")
+    with pytest.raises(CommandError) as error:
+        shaping.client_removed(ctx, interface, removed)      # its filter is still there
+    # The kernel's words and the line they answer, not tc's "error talking to the kernel".
+    assert str(error.value).endswith("RTNETLINK answers: Invalid argument "
+                                     "(in: filter del dev wg0 parent 1: prio 10 protocol ip handle 100:2:a09 u32)")
+
+
+def ipsec_runner(root_qdisc, signature=""):
+    """A FakeRunner whose ipsec0 has `root_qdisc` and whose IFB carries `signature`."""
+    return FakeRunner(responses={
+        ("tc", "qdisc", "show", "dev", "ipsec0"): Result(0, f"{root_qdisc}\n", ""),
+        ("ip", "-o", "link", "show", "dev", "ifb-ipsec0"):
+            Result(0, f"9: ifb-ipsec0: <UP> mtu 1500 \\    alias {signature}\n", ""),
+    })
+
+
+def test_a_bare_ipsec_device_gets_the_ikev2_limits_back(db):
+    interface = make_interface(db, ikev2_enabled="1")
+    alice = make_client(db, interface, "alice", down_mbit="5", up_mbit="2")
+    make_client(db, interface, "bob")
+    # charon has just made ipsec0 afresh: the kernel's default qdisc, no HTB.
+    runner = ipsec_runner("qdisc noqueue 0: root refcnt 2")
+    ctx = Context(db, settings_module.load(environ={}), runner)
+
+    assert shaping.heal_ipsec_device(ctx) == "built"
+    (batch,) = [stdin for argv, stdin in runner.calls if argv == ["tc", "-batch", "-"]]
+    assert f"class replace dev ipsec0 parent 1: classid 1:{alice['id']:x} " in batch
+    assert f"class replace dev ifb-ipsec0 parent 1: classid 1:{alice['id']:x} " in batch
+    assert "match ip dst 10.8.0.2/32" in batch and "10.8.0.3" not in batch
+    assert ["ip", "link", "add", "name", "ifb-ipsec0", "type", "ifb"] in runner.commands()
+
+
+def test_a_shaped_or_unneeded_ipsec_device_is_only_looked_at(db):
+    interface = make_interface(db, ikev2_enabled="1")
+    alice = make_client(db, interface, "alice", down_mbit="5")
+    dev = shaping.ipsec_device(Context(db, settings_module.load(environ={}), FakeRunner()), [interface])
+    runner = ipsec_runner("qdisc htb 1: root refcnt 2 r2q 10 default 0", dev.signature())
+    ctx = Context(db, settings_module.load(environ={}), runner)
+    assert shaping.heal_ipsec_device(ctx) == "shaped"
+    assert runner.commands() == [["tc", "qdisc", "show", "dev", "ipsec0", "root"],
+                                 ["ip", "-o", "link", "show", "dev", "ifb-ipsec0"]]
+
+    # Nobody with a limit: not even a look.
+    clients_service.update(db, alice["id"], {"down_mbit": "0"})
+    runner.calls.clear()
+    assert shaping.heal_ipsec_device(ctx) == "unlimited" and runner.calls == []
 
 
 def test_class_statistics_are_parsed():
@@ -298,3 +385,15 @@ def test_ipv6_traffic_shares_the_clients_class(lab):
     clients_service.update(db, alice["id"], {"down_mbit": "0", "up_mbit": "0"})
     shaping.client_changed(ctx, interface, clients_service.get(db, alice["id"]))
     assert _filters(server, name) == {} and _classes(server, name) == {}
+
+
+@pytest.mark.netns
+@requires_root_tools("tc", "ip", "ping")
+def test_deleting_a_client_where_nobody_has_a_limit_with_real_tc(lab):
+    ctx, server, _peer, interface, name, _dev = lab
+    db = ctx.db
+    dave = make_client(db, interface, "dave")
+    shaping.reconcile(ctx, [(interface, clients_service.for_interface(db, interface["id"]))])
+    assert "htb" not in server.run(["tc", "qdisc", "show", "dev", name]).stdout      # nothing to shape
+    removed = clients_service.delete(db, dave["id"])
+    assert shaping.client_removed(ctx, interface, removed) == []

@@ -346,3 +346,16 @@ def test_a_dual_stack_client_gets_its_ipv6_address_as_a_second_one_address_pool(
     assert state["connections"][n["conn"]]["pools"] == [n["pool"], n["pool6"]]
     assert state["pools"][n["pool6"]] == {"addrs": f"{alice['ip6']}/128"}
     assert state["connections"][n["conn"]]["children"][n["conn"]]["local_ts"] == ["0.0.0.0/0", "::/0"]
+
+
+def test_reconcile_puts_the_ikev2_limits_back_on_a_device_charon_made_afresh(ctx, setup, vici_session):
+    from puqvpn.services.system import Result
+
+    interface, alice, _bob = setup
+    clients.update(ctx.db, alice["id"], {"down_mbit": "5"})
+    # charon restarted: ipsec0 is back with the kernel's default qdisc, none of our classes
+    ctx.runner.responses[("tc", "qdisc", "show", "dev", "ipsec0")] = Result(0, "qdisc noqueue 0: root refcnt 2\n", "")
+    changes = strongswan.reconcile(ctx, [(interface, clients.for_interface(ctx.db, interface["id"]))])
+    assert "ipsec0: IKEv2 client limits rebuilt after charon started" in changes
+    (batch,) = [stdin for argv, stdin in ctx.runner.calls if argv == ["tc", "-batch", "-"]]
+    assert f"class replace dev ipsec0 parent 1: classid 1:{alice['id']:x} " in batch

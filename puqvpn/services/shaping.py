@@ -394,9 +394,11 @@ def converge(ctx, dev, clients_limits):
     return "updated"
 
 
-# What tc says when a delete finds nothing to delete: already in the wanted state.
+# What tc says when a delete finds nothing to delete: already in the wanted state.  The last two
+# come from a device with no HTB of ours at all (a wg device or ipsec0 where nobody has a limit).
 _ABSENT = ("No such file or directory", "Specified filter handle not found", "Cannot find specified class",
-           "Cannot find device", "does not exist")
+           "Cannot find device", "does not exist", "Parent Qdisc doesn't exist",
+           "Cannot find specified filter chain")
 
 
 def _delete_quietly(ctx, lines):
@@ -408,9 +410,13 @@ def _delete_quietly(ctx, lines):
     if result.returncode == 0:
         return
     # tc prints the kernel's complaint, then "Command failed -:N", for each failing line.
-    for complaint in re.split(r"Command failed -:\d+\n?", result.stderr):
+    parts = re.split(r"Command failed -:(\d+)\n?", result.stderr)
+    for complaint, number in zip(parts[::2], parts[1::2] + [None]):
         if complaint.strip() and not any(marker in complaint for marker in _ABSENT):
-            raise CommandError(argv, result.returncode, complaint)
+            # Say the kernel's words and the line, not tc's closing "error talking to the kernel".
+            said = [text for text in complaint.strip().splitlines() if "error talking to the kernel" not in text]
+            where = f" (in: {lines[int(number) - 1]})" if number and int(number) <= len(lines) else ""
+            raise CommandError(argv, result.returncode, "; ".join(said or [complaint.strip()]) + where)
 
 
 def _client_delete_lines(dev, client, targets):
@@ -420,6 +426,28 @@ def _client_delete_lines(dev, client, targets):
         lines += [_filter_del(target, handle) for _prio, _proto, handle in _handles(client)]
         lines.append(f"class del dev {target} classid 1:{minor:x}")
     return lines
+
+
+def _delete_client(ctx, dev, client, targets):
+    """Delete one client's filters and classes on `targets`; already absent is fine.
+
+    tc words "nothing to delete" differently across kernels and device states,
+    so a complaint it does not recognise is settled by looking: if nothing of
+    this client is left on the targets, the wanted state holds.
+    """
+    try:
+        _delete_quietly(ctx, _client_delete_lines(dev, client, targets))
+    except CommandError:
+        if _client_left(ctx, dev, client, targets):
+            raise
+
+
+def _client_left(ctx, dev, client, targets):
+    """The targets that still hold a class or filter of this client."""
+    minor = dev.minor(client)
+    handles = {handle for _prio, _proto, handle in _handles(client)}
+    return [target for target in targets
+            if minor in live_minors(ctx, target) or handles & set(live_filters(ctx, target))]
 
 
 def apply_client(ctx, dev, client, down, up):
@@ -433,7 +461,7 @@ def apply_client(ctx, dev, client, down, up):
     """
     unlimited = [target for target, mbit in ((dev.name, down), (dev.ifb, up)) if not mbit]
     try:
-        _delete_quietly(ctx, _client_delete_lines(dev, client, unlimited))
+        _delete_client(ctx, dev, client, unlimited)
         _batch(ctx, client_lines(dev, client, down, up))
         return "updated" if (down or up) else "unchanged"
     except CommandError:
@@ -467,7 +495,7 @@ def _rows_for_device(ctx, dev):
 
 def remove_client(ctx, dev, client):
     """Delete one client's filters and classes (the row as it was), if present."""
-    _delete_quietly(ctx, _client_delete_lines(dev, client, (dev.name, dev.ifb)))
+    _delete_client(ctx, dev, client, (dev.name, dev.ifb))
 
 
 # -- the apply backend -----------------------------------------------------------
@@ -571,6 +599,27 @@ def ipsec_device_changed(ctx):
         _teardown_if_ours(ctx, dev)
         return "unshaped"
     return converge(ctx, dev, _rows_for_device(ctx, dev))
+
+
+def heal_ipsec_device(ctx):
+    """Put the IKEv2 limits back if libipsec's device has lost them; otherwise touch nothing.
+
+    charon creates the device bare each time it starts, so a restarted charon
+    drops every IKEv2 limit.  strongswan.py calls this after it has talked to
+    charon: two quick probes when all is well, one build when the device came
+    back bare.  Returns 'built', or why nothing was done ('off', 'missing',
+    'shaped', 'unlimited').
+    """
+    if not ctx.live:
+        return "off"
+    dev = _ipsec(ctx)
+    rows = _rows_for_device(ctx, dev) if dev is not None else []
+    if not any(down or up for _client, down, up in rows):
+        return "unlimited"
+    state = _device_state(ctx, dev)
+    if state != "bare":
+        return state
+    return converge(ctx, dev, rows)
 
 
 def _teardown_if_ours(ctx, dev):

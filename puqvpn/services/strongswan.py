@@ -829,4 +829,17 @@ def reconcile(ctx, interfaces):
                 changes.append(f"loaded {', '.join(missing)}")
     finally:
         _close(session)
-    return changes
+    return changes + _heal_limits(ctx)
+
+
+def _heal_limits(ctx):
+    """charon makes libipsec's TUN device afresh whenever it starts, without our tc classes: put them back.
+
+    Here because this is where a restarted charon is first talked to; the
+    periodic reconcile then heals a restart within its interval.
+    """
+    from . import shaping
+
+    if shaping.heal_ipsec_device(ctx) == "built":
+        return [f"{ctx.settings.get('IPSEC_DEVICE', 'ipsec0')}: IKEv2 client limits rebuilt after charon started"]
+    return []
