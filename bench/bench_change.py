@@ -12,9 +12,10 @@ Everything in one run, on one wireguard-go interface in a private namespace
   every tc class again with ``tc -batch``, reload the nft table;
 * wg-easy's way: write the wg-quick file, run ``wg-quick strip FILE`` and
   feed its output to ``wg syncconf IFACE /dev/stdin``, timed together;
-* the floor: the raw kernel operations of one change, one process each: one
-  UAPI peer set (``wg set``), one tc class and filter (``tc -batch``), one nft
-  element; and the same three removed.
+* the floor: the raw kernel operations of the same change, one process
+  each: one UAPI peer set (``wg set``), the client's tc classes, leaf queues
+  and filters, download and upload (one ``tc -batch``, the very lines the
+  panel sends), one nft element; and the same removed.
 
 Prints p50/p95 in ms and the ratios.  ``run(lab, interface, runs, slow_runs)``
 returns the figures for bench/suite.py.
@@ -142,22 +143,27 @@ def floor(lab, interface, runs):
     dev = shaping.wg_device(interface)
     table = firewall.table_name(ctx)
     free = clients.free_ips(lab.db, interface, limit=runs)
-    parts = {k: [] for k in ("wg set peer", "tc class + filter", "nft element",
+    parts = {k: [] for k in ("wg set peer", "tc classes + queues + filters", "nft element",
                              "wg remove peer", "tc delete", "nft delete element")}
-    added, removed = [], []
+    added, removed, spawn = [], [], []
     for ip in free:
+        # What any command costs before it does anything: starting a process.
+        start = time.perf_counter()
+        ctx.runner.run(["true"])
+        spawn.append(_ms(start))
         private = keys.generate_private_key()
         fake = {"id": 0, "ip": ip, "public_key": keys.public_key(private)}
-        class_line, _qdisc, filter_line = shaping.client_lines(dev, fake, DOWN_MBIT, 0)
+        lines = shaping.client_lines(dev, fake, DOWN_MBIT, UP_MBIT)
         steps = [
             ("wg set peer", ["wg", "set", name, "peer", fake["public_key"], "preshared-key", "/dev/stdin",
                              "allowed-ips", f"{ip}/32"], keys.generate_preshared_key() + "\n"),
-            ("tc class + filter", ["tc", "-batch", "-"], f"{class_line}\n{filter_line}\n"),
+            ("tc classes + queues + filters", ["tc", "-batch", "-"], "\n".join(lines) + "\n"),
             ("nft element", ["nft", "add", "element", "inet", table, "suspended4", "{", ip, "}"], None),
         ]
         undo = [
             ("wg remove peer", ["wg", "set", name, "peer", fake["public_key"], "remove"], None),
-            ("tc delete", ["tc", "-batch", "-"], "\n".join(shaping._client_delete_lines(dev, fake, [name])) + "\n"),
+            ("tc delete", ["tc", "-batch", "-"],
+             "\n".join(shaping._client_delete_lines(dev, fake, [dev.name, dev.ifb])) + "\n"),
             ("nft delete element", ["nft", "delete", "element", "inet", table, "suspended4", "{", ip, "}"], None),
         ]
         for group, totals in ((steps, added), (undo, removed)):
@@ -169,10 +175,11 @@ def floor(lab, interface, runs):
                 parts[label].append(took)
                 total += took
             totals.append(total)
+    parts["start a process (`true`)"] = spawn
     return percentiles(added), percentiles(removed), {k: percentiles(v) for k, v in parts.items()}
 
 
-DOWN_MBIT = 10
+DOWN_MBIT, UP_MBIT = 10, 5
 
 
 def run(lab, interface, runs, slow_runs):
