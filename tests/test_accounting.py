@@ -350,3 +350,11 @@ def test_chart_text_is_escaped_and_an_empty_chart_says_so():
     assert "no traffic yet" in [t.text for t in empty.iter(f"{SVG}text")]
     assert charts.format_bytes(999) == "999 B" and charts.format_bytes(1_234_567) == "1.2 MB"
     assert charts.format_bytes(250 * 10**9) == "250 GB"
+
+
+def test_an_enormous_traffic_range_is_refused_at_once(db):
+    import datetime
+
+    from puqvpn.services import accounting
+    with pytest.raises(ValueError, match="at most"):
+        accounting.traffic(db, 1, datetime.date(1, 1, 1), datetime.date(9999, 12, 31), "hour")

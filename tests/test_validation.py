@@ -131,3 +131,8 @@ def test_expiry_dates_must_be_real_dates():
     for bad in ("2027-02-30", "28.02.2027", "2027-2-1"):
         with pytest.raises(FieldError):
             validation.date(bad)
+
+
+def test_a_client_cannot_take_a_name_the_api_uses_as_a_path():
+    with pytest.raises(FieldError, match="reserved"):
+        validation.client_name("online")

@@ -80,12 +80,19 @@ def _pattern(value, pattern, what, allowed):
     return value
 
 
+# Names that are API paths under /api/v1/clients/.
+RESERVED_CLIENT_NAMES = {"online"}
+
+
 def client_name(value):
     value = _text(value)
     if len(value) > 63:
         raise FieldError("use at most 63 characters")
-    return _pattern(value, CLIENT_NAME, "a name",
-                    "letters, digits and . _ - @, starting with a letter or digit")
+    value = _pattern(value, CLIENT_NAME, "a name",
+                     "letters, digits and . _ - @, starting with a letter or digit")
+    if value.lower() in RESERVED_CLIENT_NAMES:
+        raise FieldError(f"{value!r} is reserved; choose another name")
+    return value
 
 
 def username(value):
