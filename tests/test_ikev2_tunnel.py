@@ -14,6 +14,7 @@ bob's sends his username (as iOS does).
 
 import base64
 import json
+import re
 import secrets
 import socket
 import time
@@ -23,14 +24,14 @@ import vici
 
 from puqvpn import db as database
 from puqvpn import settings as settings_module
-from puqvpn.services import apply, pki, profiles, strongswan
+from puqvpn.services import apply, pki, profiles, shaping, strongswan
 from puqvpn.services import clients as clients_service
 from puqvpn.services import interfaces as interfaces_service
 from puqvpn.services.system import Context, Runner
 from tests.netns import Netns, requires_root_tools, veth, wait_until
 
 pytestmark = [pytest.mark.netns,
-              requires_root_tools("charon-systemd", "swanctl", "wireguard-go", "wg", "nft", "ip", "ping")]
+              requires_root_tools("charon-systemd", "swanctl", "wireguard-go", "wg", "nft", "ip", "tc", "ping")]
 
 CLIENT_PLUGINS = ("random nonce openssl pem pkcs1 pkcs8 x509 revocation constraints pubkey gmp aes sha1 "
                   "sha2 hmac kdf curve25519 kernel-libipsec kernel-netlink socket-default vici attr "
@@ -352,18 +353,55 @@ def test_a_password_change_takes_effect_without_restarting_charon(lab):
     assert old != new
 
 
-def test_deleting_a_client_removes_its_connection_and_secret(lab):
-    ctx, db = lab["ctx"], lab["db"]
-    dave = clients_service.create(db, {"interface": lab["interface"]["id"], "name": "dave"})
+def tc_ids(server, device):
+    """{'classes': class minors, 'filters': (flowid minor, fh handle) pairs} on one device."""
+    classes = server.run(["tc", "class", "show", "dev", device]).stdout
+    filters = server.run(["tc", "filter", "show", "dev", device, "parent", "1:"]).stdout
+    return {"classes": {int(m, 16) for m in re.findall(r"^class htb 1:([0-9a-f]+) ", classes, re.M)},
+            "filters": {(int(minor, 16), handle) for handle, minor in
+                        re.findall(r"fh ([0-9a-f]+:[0-9a-f]+:[0-9a-f]+) .*?flowid 1:([0-9a-f]+)", filters)}}
+
+
+def shaped_minors(lab):
+    """Class minors on each device that shapes this interface's clients: wg, ipsec0 and their IFBs."""
+    server, interface = lab["server"], lab["interface"]
+    devices = [interface["name"], lab["ctx"].settings["IPSEC_DEVICE"]]
+    devices += [shaping.ifb_name(device) for device in devices]
+    return {device: tc_ids(server, device) for device in devices}
+
+
+def test_deleting_a_client_removes_its_connection_secret_and_limits(lab):
+    ctx, db, interface = lab["ctx"], lab["db"], lab["interface"]
+    ipsec, wg = ctx.settings["IPSEC_DEVICE"], interface["name"]
+    dave = clients_service.create(db, {"interface": interface["id"], "name": "dave",
+                                       "down_mbit": "8", "up_mbit": "4"})
     apply.client_changed(ctx, dave["id"])
+    clients_service.update(db, lab["bob"]["id"], {"down_mbit": "20", "up_mbit": "10"})
+    apply.client_changed(ctx, lab["bob"]["id"])
     session = vici_session(lab["tmp"] / "server.vici")
     names = strongswan.names(dave["id"])
     assert names["conn"] in [c.decode() for c in session.get_conns()["conns"]]
+    # On ipsec0 classes follow the client id; on the /24 wg device, the address.
+    minor = {wg: shaping.wg_device(interface).minor(dave), ipsec: dave["id"]}
+    bob_minor = {wg: shaping.wg_device(interface).minor(lab["bob"]), ipsec: lab["bob"]["id"]}
+    before = shaped_minors(lab)
+    for device, ids in before.items():
+        tunnel = ipsec if ipsec in device else wg
+        assert {minor[tunnel], bob_minor[tunnel]} <= ids["classes"], device
+        assert {m for m, _handle in ids["filters"]} >= {minor[tunnel], bob_minor[tunnel]}, device
+
     removed = clients_service.delete(db, dave["id"])
-    # the strongswan backend's own hook, as apply.client_removed runs it
-    strongswan.client_removed(ctx, lab["interface"], removed)
+    apply.client_removed(ctx, removed)
+
     assert names["conn"] not in [c.decode() for c in session.get_conns()["conns"]]
     assert names["secret"] not in [k.decode() for k in session.get_shared()["keys"]]
+    after = shaped_minors(lab)
+    for device, ids in after.items():
+        tunnel = ipsec if ipsec in device else wg
+        assert ids["classes"] == before[device]["classes"] - {minor[tunnel]}, device
+        assert ids["filters"] == {f for f in before[device]["filters"] if f[0] != minor[tunnel]}, device
+        assert bob_minor[tunnel] in ids["classes"], device
+    assert not apply.pending(ctx)
     assert lab["a"].established() and lab["b"].established()
 
 
@@ -391,6 +429,11 @@ def test_with_charon_stopped_the_panel_says_so_and_wireguard_keeps_working(lab):
                 "--uri", f"unix://{lab['tmp'] / 'server.vici'}"])
     assert lab["a"].try_connect()
     assert lab["a"].virtual_ip() == [lab["alice"]["ip"]] and lab["a"].ping("10.8.0.1")
-    # and the panel's reconcile clears the pending mark
+    # the new charon made ipsec0 afresh, without bob's classes; the panel's reconcile puts
+    # them back (tc on the IFB and ipsec0 rebuilt together) and clears the pending mark
+    ipsec = ctx.settings["IPSEC_DEVICE"]
+    assert lab["bob"]["id"] not in tc_ids(server, ipsec)["classes"]
     apply.reconcile(ctx)
     assert not apply.pending(ctx)
+    for device in (ipsec, shaping.ifb_name(ipsec)):
+        assert lab["bob"]["id"] in tc_ids(server, device)["classes"], device
