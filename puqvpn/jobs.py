@@ -51,6 +51,8 @@ def plan(settings):
         Job("traffic and status poll", "accounting", "poll", poll),
         Job("quota and expiry check", "accounting", "check_limits", 60),
         Job("retry pending changes", "apply", "retry_pending", 30),
+        # charon recreates ipsec0 (losing its tc classes) whenever it restarts.
+        Job("IKEv2 limits after a charon restart", "shaping", "heal_ipsec_device", 30),
         # Catches rules or peers changed behind the panel's back; a no-op when in sync.
         Job("periodic reconcile", "apply", "reconcile", 900),
         Job("traffic roll-up", "accounting", "rollup", 3600),
