@@ -183,7 +183,7 @@ def test_checkconf_runs_on_a_temp_file_before_the_config_is_replaced(db, setting
     ctx = Context(db, settings, runner)
     changes = resolver.ensure(ctx)
     checkconf, start = runner.commands()
-    assert checkconf[0] == "unbound-checkconf" and checkconf[1].endswith(".new")
+    assert checkconf[0] == "unbound-checkconf" and checkconf[1].endswith(".tmp") and checkconf[1] != settings["UNBOUND_CONF"]
     assert start == ["unbound", "-c", settings["UNBOUND_CONF"]]
     assert changes == [f"resolver: configuration written to {settings['UNBOUND_CONF']}", "resolver: started"]
     assert "interface: 10.8.0.1" in resolver.conf_path(ctx).read_text()

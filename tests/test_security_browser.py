@@ -4,8 +4,6 @@ Chromium reports a Content-Security-Policy violation as a console error, so a
 page that needed inline script or style would show up here.
 """
 
-import ssl
-import urllib.request
 
 import pytest
 from playwright.sync_api import expect

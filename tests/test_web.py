@@ -79,7 +79,7 @@ def test_creating_a_client_and_downloading_its_profile(logged_in, wg0, db):
     assert "wireguard.svg" in page
     conf = logged_in.client.get(f"/clients/{alice['id']}/wireguard.conf")
     assert conf.headers["Content-Disposition"] == 'attachment; filename="alice.conf"'
-    assert f"Address = 10.8.0.2/32" in conf.get_data(as_text=True)
+    assert "Address = 10.8.0.2/32" in conf.get_data(as_text=True)
     svg = logged_in.client.get(f"/clients/{alice['id']}/wireguard.svg")
     assert svg.mimetype == "image/svg+xml" and b"<svg" in svg.data
 

@@ -1,6 +1,5 @@
 """Rendered WireGuard configs: what the server applies and what the apps import."""
 
-import shutil
 import subprocess
 
 import pytest

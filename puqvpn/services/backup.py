@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import migrations
+from .util import write_atomic
 
 FORMAT = "puqvpn-backup"
 FORMAT_VERSION = 1
@@ -108,7 +109,7 @@ def create_backup(db, settings, dest, with_traffic=True):
         }
         payload = json.dumps(manifest, indent=2, sort_keys=True).encode()
         if isinstance(dest, (str, os.PathLike)):
-            _write_atomically(Path(dest), lambda f: _write_tar(f, payload, files))
+            write_atomic(Path(dest), lambda f: _write_tar(f, payload, files))
         else:
             _write_tar(dest, payload, files)
         return manifest
@@ -126,24 +127,6 @@ def _write_tar(fileobj, manifest_bytes, files):
             info.mode = 0o600
             with open(path, "rb") as f:
                 tar.addfile(info, f)
-
-
-def _write_atomically(path, write):
-    """Write to a private temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 # ------------------------------------------------------------------- validate
@@ -296,7 +279,7 @@ def restore(db, settings, source, runner=None, reconcile=True, safety_copy=True)
             if KEY_MEMBER in manifest["files"]:
                 key_file = Path(settings["SECRET_KEY_FILE"])
                 data = (work / KEY_MEMBER).read_bytes()
-                _write_atomically(key_file, lambda f: f.write(data))
+                write_atomic(key_file, data)
                 os.chmod(key_file, 0o600)
         finally:
             staged.close()

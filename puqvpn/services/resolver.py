@@ -24,11 +24,11 @@ import json
 import os
 import re
 import signal
-import tempfile
 import time
 from pathlib import Path
 
 from .system import CommandError
+from .util import write_atomic
 
 OPTION_KEY = "resolver"
 MANAGED_MARK = "# managed by puqvpn: the clients' DNS resolver"
@@ -442,22 +442,8 @@ def _write_checked(ctx, text):
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     # unbound-checkconf checks that the working directory exists.
     Path(run_paths(ctx.settings)["dir"]).mkdir(parents=True, exist_ok=True, mode=0o755)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
-    try:
-        # unbound re-reads it after dropping to its own user on reload.
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        check(ctx, temp)
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        raise
+    # unbound re-reads it after dropping to its own user on reload.
+    write_atomic(path, text, mode=0o644, check=lambda temp: check(ctx, temp), dir_mode=0o755)
 
 
 def ensure(ctx):

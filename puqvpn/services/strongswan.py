@@ -34,7 +34,7 @@ from .system import CommandError
 from .validation import FieldError, ValidationError
 from .validation import password as check_password
 from .validation import username as check_username
-from .wireguard import write_atomic
+from .util import write_atomic
 
 PREFIX = "puqvpn"
 PROBE = f"{PREFIX}-probe"

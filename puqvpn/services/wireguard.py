@@ -16,16 +16,15 @@ driven with the same ``wg`` commands and both go away with ``ip link del``.
 import ipaddress
 import json
 import logging
-import os
 import re
 import secrets
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 from . import wgconfig
 from .system import CommandError, FakeRunner
+from .util import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -91,41 +90,6 @@ def _detect(ctx):
 
 def config_path(ctx, name):
     return Path(ctx.settings["WG_CONF_DIR"]) / f"{check_name(name)}.conf"
-
-
-def write_atomic(path, text, mode=0o600):
-    """Write text so a reader sees the old file or the new one, never half of it.
-
-    Returns False when the file already holds exactly this text with this mode.
-    """
-    path = Path(path)
-    data = text.encode()
-    try:
-        if path.stat().st_mode & 0o777 == mode and path.read_bytes() == data:
-            return False
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return True
 
 
 def write_config(ctx, interface, clients):
