@@ -116,5 +116,6 @@ def test_deleting_an_interface_with_clients_asks_first(logged_in, wg0, make_clie
 
 def test_the_error_banner_names_the_fields_to_correct(logged_in):
     response = logged_in.post("/interfaces/new", {"name": "wg0", "address": "10.8.0.1/33", "listen_port": "22",
-                                                  "endpoint": "vpn.example.com", "mtu": "1420"})
+                                                  "endpoint": "vpn.example.com", "mtu": "1420", "keepalive": "25",
+                                                  "allowed_ips": "0.0.0.0/0"})
     assert "Please correct these fields: address, listen port." in response.get_data(as_text=True)
