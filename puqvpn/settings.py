@@ -28,7 +28,7 @@ SETTINGS = {
     "ALLOWED_WEB_IPS": ("", "Comma-separated addresses or networks allowed to reach the panel; empty allows all."),
     "SESSION_TIMEOUT_MINUTES": ("60", "Idle minutes before a login session expires."),
     "REQUIRE_2FA": ("0", "1 makes TOTP two-factor login mandatory for every account."),
-    "THREADS": ("8", "waitress worker threads."),
+    "THREADS": ("4", "waitress worker threads; more than about two per core only wait for the interpreter."),
     # data
     "INSTANCE_DIR": (str(ROOT / "instance"), "Folder for the database, secret key and backups."),
     "DATABASE": ("{INSTANCE_DIR}/puqvpn.sqlite3", "SQLite database file."),
