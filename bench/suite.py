@@ -354,6 +354,11 @@ runner that times every command the panel starts (single changes), at
   which is what keeps tc fast.
 - **API GET:** about 1 ms of CPU per request, spread over Flask's request
   handling, the token check, two queries and the JSON; nothing stood out.
+  The threads were the lever: waitress ran eight, and on two cores they only
+  queue for the one interpreter.  GET one client at 8 connections
+  (bench_api.py, 10,000 clients): 8 threads 834 requests/s, p95 15.0 ms;
+  4 threads 1,030, p95 10.4 ms; 2 threads 1,212, p95 7.7 ms.  The default is
+  now 4 (`THREADS`), leaving room for a slow request beside the quick ones.
 """
 
 
@@ -370,10 +375,10 @@ MISSES = [
      "ruleset still right now that the client's port forwards are gone?), `nft get element`, and `tc -force -batch`. "
      "The panel is {remove_ratio:.2f}x the raw operations.  Closing the gap: as for an add, plus knowing whether the "
      "client had port forwards before the delete (the rows are gone by then), which would save the ruleset check."),
-    ("API GET client at 8 connections: p95", "Eight waitress threads share one interpreter (the GIL) on two cores, "
+    ("API GET client at 8 connections: p95", "The waitress threads share one interpreter (the GIL) on two cores, "
      "with wrk on the same cores and the machine shared with other work; a GET costs about 1 ms of panel CPU, so "
-     "the tail is queueing.  Closing it: less CPU per request (the token check and the per-request database "
-     "connection are the largest parts), or a quieter machine."),
+     "the tail is queueing.  Closing it: fewer threads (`THREADS=2` measured best here), less CPU per request, "
+     "or a quieter machine."),
     ("API GET client at 8 connections: requests/s", "See the p95 line: the panel's CPU per request bounds it."),
     ("page:", "Pages are rendered by the Flask test client in the benchmark process; the dashboard's status panels "
      "run three commands each time."),
