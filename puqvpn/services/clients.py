@@ -55,7 +55,8 @@ def free_ips(db, interface, limit=1):
     """The lowest free addresses of the pool (not network, broadcast or gateway)."""
     gateway = _pool(interface)
     network = gateway.network
-    taken = {row["ip_int"] for row in db.query(
+    # Plain tuples: building a dict per row was most of the cost at 10,000 clients.
+    taken = {ip for (ip,) in db.conn.execute(
         "SELECT ip_int FROM clients WHERE interface_id = ?", [interface["id"]])}
     taken.add(int(gateway.ip))
     found = []
