@@ -29,7 +29,6 @@ RULES = {
     "auth.second_factor": "public",
     "auth.logout": "public",
     "auth.enrol": "viewer",
-    "auth.enrol_qr": "viewer",
     "auth.change_password": "viewer",
     "dashboard.index": "viewer",
     # interfaces are settings and hold the server's private key: admin only, except reading

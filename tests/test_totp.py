@@ -1,5 +1,6 @@
 """Two-factor login: enrolment by QR code, login with a code, recovery codes, and the setting that requires it."""
 
+import base64
 import re
 import time
 
@@ -72,9 +73,9 @@ def test_enrolment_shows_a_qr_code_of_the_provisioning_uri(panel):
     client = app.test_client()
     log_in(client)
     page = client.get("/auth/2fa/setup").get_data(as_text=True)
-    assert '<img src="/auth/2fa/qr.svg"' in page
-    qr = client.get("/auth/2fa/qr.svg")
-    assert qr.mimetype == "image/svg+xml" and qr.data.startswith(b"<svg")
+    # The QR is part of the page, so no second request can miss the session's secret.
+    image = re.search(r'<img src="data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)"', page)
+    assert base64.b64decode(image.group(1)).startswith(b"<svg")
     secret = re.search(r"<code>([A-Z2-7]+)</code>", page).group(1)
     assert pyotp.parse_uri(totp.provisioning_uri(secret, "alice")).secret == secret
 

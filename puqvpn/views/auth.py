@@ -8,7 +8,7 @@ token-authenticated API do.
 
 import time
 
-from flask import (Blueprint, Response, current_app, flash, g, redirect, render_template, request,
+from flask import (Blueprint, current_app, flash, g, redirect, render_template, request,
                    session, url_for)
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 
@@ -210,14 +210,20 @@ def second_factor():
     return render_template("auth/second_factor.html", error=error), status
 
 
-def _qr_svg(text):
+def qr_data_uri(text):
+    """The QR code as a data: URI, part of the page itself.
+
+    A separate image request could race a cookie written by another request
+    of the same browser and find no enrolment secret in the session.
+    """
+    import base64
     import io
 
     import segno
     buffer = io.BytesIO()
     segno.make(text, error="m", micro=False).save(buffer, kind="svg", scale=5, border=2, xmldecl=False,
                                                   svgns=True, title="Two-factor login")
-    return buffer.getvalue()
+    return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 @bp.route("/2fa/setup", methods=["GET", "POST"])
@@ -254,18 +260,10 @@ def enrol():
     if not user["totp_secret"] and "enrol_secret" not in session:
         session["enrol_secret"] = totp.new_secret()
     secret = None if user["totp_secret"] else session["enrol_secret"]
-    return render_template("auth/enrol.html", user=user, secret=secret, codes=codes, errors=errors,
+    qr = qr_data_uri(totp.provisioning_uri(secret, user["username"])) if secret else None
+    return render_template("auth/enrol.html", user=user, secret=secret, qr=qr, codes=codes, errors=errors,
                            required=required, codes_left=totp.recovery_codes_left(user)), \
         (422 if errors else 200)
-
-
-@bp.route("/2fa/qr.svg")
-@role("viewer")
-def enrol_qr():
-    secret = session.get("enrol_secret")
-    if not secret or current_user.row["totp_secret"]:
-        return Response("Nothing to enrol.", status=404, mimetype="text/plain")
-    return Response(_qr_svg(totp.provisioning_uri(secret, current_user.username)), mimetype="image/svg+xml")
 
 
 @bp.route("/logout", methods=["POST"])
