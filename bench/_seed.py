@@ -15,7 +15,6 @@ the namespace and the folder, and runs even when a benchmark fails.
 import contextlib
 import ctypes
 import os
-import secrets
 import shutil
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from puqvpn.db import connect, transaction  # noqa: E402
 from puqvpn.services import interfaces as interfaces_service  # noqa: E402
 from puqvpn.services import wireguard  # noqa: E402
 from puqvpn.services.system import Context  # noqa: E402
-from tests.netns import Netns  # noqa: E402
+from tests.netns import Netns, wg_name  # noqa: E402
 
 CLONE_NEWNET = 0x40000000
 DEFAULT_DOWN, DEFAULT_UP = 50, 20      # Mbit/s for clients whose own limit is 0
@@ -57,10 +56,6 @@ def inside(ns):
         os.close(target)
         os.close(original)
 
-
-def wg_name():
-    # wireguard-go's control sockets share /var/run/wireguard across namespaces: names must be unique.
-    return f"wg{secrets.randbelow(90000) + 10000}"
 
 
 class Lab:

@@ -33,11 +33,7 @@ from puqvpn.services import apply, shaping  # noqa: E402
 from puqvpn.services import clients as clients_service  # noqa: E402
 from puqvpn.services import interfaces as interfaces_service  # noqa: E402
 from puqvpn.services.system import Context, Runner  # noqa: E402
-from tests.netns import Netns, veth, wait_until  # noqa: E402
-
-
-def wg_name():
-    return f"wg{secrets.randbelow(90000) + 10000}"
+from tests.netns import Netns, start_wg_client, veth, wait_until, wg_name  # noqa: E402
 
 
 def iperf(ns, download, seconds):
@@ -67,15 +63,7 @@ def rate_accuracy(rates, seconds, workdir, show_classes=False):
                                                    "listen_port": "51820", "endpoint": "10.99.1.1"})
         row = clients_service.create(db, {"interface": interface["id"], "name": "bench"})
         apply.interface_changed(ctx, interface["id"])
-        name = wg_name()
-        client.run(["wireguard-go", name])
-        client.run(["wg", "set", name, "private-key", "/dev/stdin", "peer", interface["public_key"],
-                    "endpoint", "10.99.1.1:51820", "allowed-ips", "10.8.0.0/24"], input=row["private_key"] + "\n")
-        client.run(["wg", "set", name, "peer", interface["public_key"], "preshared-key", "/dev/stdin"],
-                   input=row["preshared_key"] + "\n")
-        client.run(["ip", "addr", "add", f"{row['ip']}/32", "dev", name])
-        client.run(["ip", "link", "set", "dev", name, "up"])
-        client.run(["ip", "route", "add", "10.8.0.0/24", "dev", name])
+        start_wg_client(client, row, interface, "10.99.1.1")
         client.run(["ping", "-c", "1", "-W", "5", "10.8.0.1"])
         server.popen(["iperf3", "-s", "-B", "10.8.0.1"])
         wait_until(lambda: ":5201" in server.run(["ss", "-ltnH"]).stdout)

@@ -113,3 +113,26 @@ def wait_until(predicate, timeout=10, interval=0.1):
         if value or time.monotonic() > deadline:
             return value
         time.sleep(interval)
+
+
+def wg_name():
+    """A random wgNNNNN name: wireguard-go's sockets share /var/run/wireguard across namespaces."""
+    return f"wg{secrets.randbelow(90000) + 10000}"
+
+
+def start_wg_client(ns, client, interface, server_ip, allowed_ips="10.8.0.0/24", routes=("10.8.0.0/24",),
+                    keepalive=5):
+    """A plain wireguard-go client in ``ns`` for a panel client row; returns its interface name."""
+    name = wg_name()
+    ns.run(["wireguard-go", name])
+    ns.run(["wg", "set", name, "private-key", "/dev/stdin", "peer", interface["public_key"],
+            "endpoint", f"{server_ip}:{interface['listen_port']}", "allowed-ips", allowed_ips,
+            "persistent-keepalive", str(keepalive)], input=client["private_key"] + "\n")
+    if client.get("preshared_key"):
+        ns.run(["wg", "set", name, "peer", interface["public_key"], "preshared-key", "/dev/stdin"],
+               input=client["preshared_key"] + "\n")
+    ns.run(["ip", "addr", "add", f"{client['ip']}/32", "dev", name])
+    ns.run(["ip", "link", "set", "dev", name, "mtu", str(interface.get("mtu") or 1420), "up"])
+    for route in routes:
+        ns.run(["ip", "route", "add", route, "dev", name])
+    return name

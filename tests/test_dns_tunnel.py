@@ -7,7 +7,6 @@ its namespace.  "wan" runs a small DNS server (the resolver's forwarder)
 and a TCP server that reports the address and port it sees.
 """
 
-import secrets
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from puqvpn.services import apply, connlog, resolver
 from puqvpn.services import clients as clients_service
 from puqvpn.services import interfaces as interfaces_service
 from puqvpn.services.system import Context, Runner
-from tests.netns import Netns, requires_root_tools, veth, wait_until
+from tests.netns import Netns, requires_root_tools, start_wg_client, veth, wait_until, wg_name
 
 pytestmark = [pytest.mark.netns,
               requires_root_tools("wg", "wireguard-go", "ip", "nft", "unbound", "unbound-checkconf",
@@ -65,27 +64,6 @@ while True:
 """
 
 
-def wg_name():
-    return f"wg{secrets.randbelow(90000) + 10000}"
-
-
-def start_client_tunnel(ns, client, interface, server_ip):
-    """A plain wireguard-go client routing everything through the panel's interface."""
-    name = wg_name()
-    ns.run(["wireguard-go", name])
-    ns.run(["wg", "set", name, "private-key", "/dev/stdin", "peer", interface["public_key"],
-            "endpoint", f"{server_ip}:{interface['listen_port']}", "allowed-ips", "0.0.0.0/0",
-            "persistent-keepalive", "5"], input=client["private_key"] + "\n")
-    if client.get("preshared_key"):
-        ns.run(["wg", "set", name, "peer", interface["public_key"], "preshared-key", "/dev/stdin"],
-               input=client["preshared_key"] + "\n")
-    ns.run(["ip", "addr", "add", f"{client['ip']}/32", "dev", name])
-    ns.run(["ip", "link", "set", "dev", name, "mtu", str(interface["mtu"]), "up"])
-    ns.run(["ip", "route", "add", "10.8.0.0/24", "dev", name])
-    ns.run(["ip", "route", "add", "198.51.100.0/24", "dev", name])
-    return name
-
-
 def dig(ns, server, name, *extra):
     """(status, answers) of one query, e.g. ('NOERROR', ['203.0.113.77'])."""
     out = ns.run(["dig", "+time=2", "+tries=2", "+noall", "+comments", "+answer", f"@{server}", name, *extra],
@@ -117,7 +95,8 @@ def lab(tmp_path_factory):
             "ext_device": wan_dev, "dns": "9.9.9.9"})
         alice = clients_service.create(db, {"interface": interface["id"], "name": "alice"})
         apply.interface_changed(ctx, interface["id"])
-        start_client_tunnel(client_ns, alice, interface, "192.0.2.1")
+        start_wg_client(client_ns, alice, interface, "192.0.2.1", allowed_ips="0.0.0.0/0",
+                        routes=("10.8.0.0/24", "198.51.100.0/24"))
         client_ns.run(["ping", "-c", "1", "-W", "5", "10.8.0.1"])
 
         wan.popen([sys.executable, "-c", DNS_SERVER, SERVED_NAME, SERVED_ADDRESS])

@@ -10,7 +10,6 @@ are plain wireguard-go interfaces configured with `wg`.
 import datetime
 import json
 import re
-import secrets
 import subprocess
 import threading
 import time
@@ -23,32 +22,12 @@ from puqvpn.services import accounting, apply, shaping
 from puqvpn.services import clients as clients_service
 from puqvpn.services import interfaces as interfaces_service
 from puqvpn.services.system import Context, Runner
-from tests.netns import Netns, requires_root_tools, veth, wait_until
+from tests.netns import Netns, requires_root_tools, start_wg_client, veth, wait_until, wg_name
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow,
               requires_root_tools("wg", "wireguard-go", "iperf3", "tc", "ip", "ping")]
 
 DURATION = 5          # seconds per iperf3 measurement (after the omitted first second)
-
-
-def wg_name():
-    return f"wg{secrets.randbelow(90000) + 10000}"
-
-
-def start_client_tunnel(ns, client, interface, server_ip):
-    """A plain wireguard-go client for a panel client row."""
-    name = wg_name()
-    ns.run(["wireguard-go", name])
-    ns.run(["wg", "set", name, "private-key", "/dev/stdin", "peer", interface["public_key"],
-            "endpoint", f"{server_ip}:{interface['listen_port']}", "allowed-ips", "10.8.0.0/24",
-            "persistent-keepalive", "5"], input=client["private_key"] + "\n")
-    if client.get("preshared_key"):
-        ns.run(["wg", "set", name, "peer", interface["public_key"], "preshared-key", "/dev/stdin"],
-               input=client["preshared_key"] + "\n")
-    ns.run(["ip", "addr", "add", f"{client['ip']}/32", "dev", name])
-    ns.run(["ip", "link", "set", "dev", name, "mtu", str(interface["mtu"]), "up"])
-    ns.run(["ip", "route", "add", "10.8.0.0/24", "dev", name])
-    return name
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +48,8 @@ def tunnel(tmp_path_factory):
                                             "down_mbit": "5", "up_mbit": "2"})
         bob = clients_service.create(db, {"interface": interface["id"], "name": "bob"})
         apply.interface_changed(ctx, interface["id"])
-        start_client_tunnel(ns_a, alice, interface, "10.99.1.1")
-        start_client_tunnel(ns_b, bob, interface, "10.99.2.1")
+        start_wg_client(ns_a, alice, interface, "10.99.1.1")
+        start_wg_client(ns_b, bob, interface, "10.99.2.1")
         for ns in (ns_a, ns_b):
             ns.run(["ping", "-c", "1", "-W", "5", "10.8.0.1"])
         for port in (5201, 5202):
